@@ -1,0 +1,145 @@
+"""The ``imaginfo`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ImagInfoExtension import __version__
+
+
+def _positive_floats(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers (e.g. 0.2,1.0,4.0)")
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: doses must be positive CTDIvol values in mGy (e.g. 0.2,1.0,4.0)")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one name, e.g. FBP,IR,DL")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+class _ProgressBar:
+    """A tqdm bar driven by the core's ``progress(done, total, message)`` callbacks."""
+
+    def __init__(self, description: str) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1, desc=description, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        self._bar.total = total
+        self._bar.n = done
+        self._bar.set_postfix_str(message, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _add_study_arguments(parser: argparse.ArgumentParser, doses: str, repetitions: int, size: str) -> None:
+    from ImagInfoExtension.phantom.scanner import PHANTOM_SIZES
+
+    parser.add_argument("--doses", type=_positive_floats, default=_positive_floats(doses), help=f"CTDIvol levels in mGy (default {doses})")
+    parser.add_argument("--recons", type=_names, default=["FBP", "IR", "DL"], help="reconstructions (default FBP,IR,DL)")
+    parser.add_argument("--repetitions", type=_positive_int, default=repetitions, help=f"scans per dose (default {repetitions})")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--size", choices=sorted(PHANTOM_SIZES), default=size, help=f"phantom grid (default {size})")
+    parser.add_argument("--calibration", type=Path, help="calibration CSV (layout of phantom_study_2021.csv)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imaginfo",
+        description="ImagInfo: quantitative CT imaging on the digital lung-vessel phantom and your own scans.",
+    )
+    parser.add_argument("--version", action="version", version=f"imaginfo {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    phantom = commands.add_parser(
+        "phantom",
+        help="scan the digital vessel phantom at several doses and reconstructions",
+        description="Write truth.json, truth_labels.nrrd, one image per acquisition and manifest.csv.",
+    )
+    phantom.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_study_arguments(phantom, "0.2,0.5,1.0,2.1,4.0", 4, "default")
+    phantom.add_argument("--format", choices=["nrrd", "dicom", "both"], default="nrrd", help="image format (default nrrd)")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the main job on the built-in phantom",
+        description="A small virtual study, a montage PNG and a Slicer scene bundle (.mrb).",
+    )
+    demo.add_argument("--out", type=Path, default=Path("imaginfo_demo"), help="output folder (default imaginfo_demo)")
+    _add_study_arguments(demo, "0.2,1.0,4.0", 2, "small")
+    return parser
+
+
+def _study_request(arguments: argparse.Namespace, file_format: str):
+    from ImagInfoExtension.phantom.study import StudyRequest
+
+    return StudyRequest(
+        doses_mgy=tuple(arguments.doses),
+        recons=tuple(arguments.recons),
+        repetitions=arguments.repetitions,
+        seed=arguments.seed,
+        file_format=file_format,
+        size=arguments.size,
+        calibration_csv=str(arguments.calibration) if arguments.calibration else None,
+    )
+
+
+def run_phantom(arguments: argparse.Namespace) -> int:
+    from ImagInfoExtension.phantom.study import generate_study
+
+    request = _study_request(arguments, arguments.format)
+    bar = _ProgressBar("phantom")
+    started = time.perf_counter()
+    try:
+        manifest = generate_study(request, arguments.out, progress=bar)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    print(f"wrote {len(manifest)} acquisition(s), truth.json, truth_labels.nrrd and manifest.csv to {arguments.out} in {elapsed:.1f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command == "phantom":
+        runner = run_phantom
+    else:
+        from ImagInfoExtension.demo import run_demo
+
+        runner = run_demo
+    try:
+        return runner(arguments)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"imaginfo {arguments.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"imaginfo {arguments.command}: interrupted; finished files are complete\n")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Virtual dose studies: every (dose, reconstruction, repetition) of the phantom."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ImagInfoExtension.io import CTSeriesInfo, study_uids, write_ct_series, write_image
+from ImagInfoExtension.phantom.acquisition import AcquisitionCalibration, AcquisitionModel, AcquisitionSettings
+from ImagInfoExtension.phantom.scanner import PHANTOM_SIZES, VirtualScanner
+
+#: The published protocol: CTDIvol levels (mGy) and reconstructions.
+PUBLISHED_DOSES_MGY: tuple[float, ...] = (0.2, 0.5, 1.0, 2.1, 4.0)
+PUBLISHED_RECONS: tuple[str, ...] = ("FBP", "IR", "DL")
+FORMATS = ("nrrd", "dicom", "both")
+MANIFEST_COLUMNS = ["path", "dose_mgy", "recon", "repetition", "series_uid"]
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """What to scan.
+
+    Parameters
+    ----------
+    doses_mgy : sequence of float
+        CTDIvol levels.
+    recons : sequence of str
+        Reconstruction names known to the acquisition model.
+    repetitions : int
+        Scans per dose; they differ only in their noise realisation.
+    seed : int
+        Seeds every noise realisation.
+    file_format : {'nrrd', 'dicom', 'both'}
+    size : {'default', 'small'}
+    calibration_csv : path, optional
+        A user calibration table (layout of ``phantom_study_2021.csv``).
+    """
+
+    doses_mgy: Sequence[float] = PUBLISHED_DOSES_MGY
+    recons: Sequence[str] = PUBLISHED_RECONS
+    repetitions: int = 4
+    seed: int = 0
+    file_format: str = "nrrd"
+    size: str = "default"
+    calibration_csv: str | None = None
+
+    def validate(self, model: AcquisitionModel) -> None:
+        if not self.doses_mgy:
+            raise ValueError("no dose given: pass at least one CTDIvol in mGy, e.g. 1.0")
+        if any(d <= 0 for d in self.doses_mgy):
+            raise ValueError(f"doses must be positive CTDIvol values in mGy, got {list(self.doses_mgy)}")
+        if len(set(self.doses_mgy)) != len(self.doses_mgy):
+            raise ValueError(f"doses are repeated: {list(self.doses_mgy)}")
+        if not self.recons:
+            raise ValueError("no reconstruction given: pass one or more of " + ", ".join(model.reconstructions))
+        for recon in self.recons:
+            model.model_for(recon)
+        if self.repetitions < 1:
+            raise ValueError(f"repetitions must be at least 1, got {self.repetitions}")
+        if self.file_format not in FORMATS:
+            raise ValueError(f"unknown format {self.file_format!r}; choose one of {', '.join(FORMATS)}")
+        if self.size not in PHANTOM_SIZES:
+            raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(PHANTOM_SIZES)}")
+
+    def acquisitions(self) -> list[AcquisitionSettings]:
+        return [
+            AcquisitionSettings(dose_mgy=float(dose), recon=recon, repetition=rep, seed=self.seed)
+            for dose in self.doses_mgy
+            for rep in range(1, self.repetitions + 1)
+            for recon in self.recons
+        ]
+
+
+def acquisition_name(settings: AcquisitionSettings) -> str:
+    return f"{settings.recon}_{settings.dose_mgy:g}mGy_rep{settings.repetition}"
+
+
+def _write_atomically(target: Path, writer: Callable[[Path], object]) -> object:
+    """Write through a temporary sibling and rename, so a crash leaves no half file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent)) / target.name
+    try:
+        result = writer(temporary)
+        if target.exists() and target.is_dir():
+            shutil.rmtree(target)
+        os.replace(temporary, target)
+        return result
+    finally:
+        shutil.rmtree(temporary.parent, ignore_errors=True)
+
+
+def write_truth(scanner: VirtualScanner, out_dir: Path) -> None:
+    """Write ``truth.json`` and ``truth_labels.nrrd``."""
+    truth = scanner.truth
+    document = truth.to_json()
+    grid = scanner.grid
+    document["grid"] = {
+        "size_ijk": list(grid.size_ijk),
+        "spacing_mm": list(grid.spacing_mm),
+        "origin_mm": list(grid.origin_mm),
+        "direction": list(grid.direction),
+    }
+    _write_atomically(out_dir / "truth_labels.nrrd", lambda p: write_image(truth.label_image(), p))
+    _write_atomically(out_dir / "truth.json", lambda p: p.write_text(json.dumps(document, indent=1)))
+
+
+def generate_study(
+    request: StudyRequest,
+    out_dir: str | Path,
+    progress: ProgressCallback | None = None,
+    scanner: VirtualScanner | None = None,
+) -> pd.DataFrame:
+    """Scan the phantom at every requested dose, reconstruction and repetition.
+
+    Writes ``truth.json``, ``truth_labels.nrrd``, one image per acquisition (NRRD
+    file and/or DICOM series folder) and ``manifest.csv``, whose paths are relative
+    to ``out_dir``. Each file appears whole or not at all, and the manifest, rewritten
+    after every acquisition, lists only finished ones.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The manifest.
+    """
+    out_dir = Path(out_dir)
+    if scanner is None:
+        model = AcquisitionModel()
+        if request.calibration_csv:
+            model = AcquisitionModel(calibration=AcquisitionCalibration.from_csv(request.calibration_csv))
+        request.validate(model)
+        scanner = VirtualScanner(size=request.size, model=model)
+    else:
+        request.validate(scanner.model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acquisitions = request.acquisitions()
+    total = len(acquisitions) + 1
+    if progress:
+        progress(0, total, "rendering phantom and truth")
+    write_truth(scanner, out_dir)
+    if progress:
+        progress(1, total, "truth written")
+
+    entropy = (f"imaginfo-phantom-seed{request.seed}-{request.size}",)
+    study_uid, frame_uid = study_uids(entropy)
+    start = dt.datetime(2021, 6, 1, 9, 0, 0)
+    rows: list[dict] = []
+    for number, settings in enumerate(acquisitions):
+        name = acquisition_name(settings)
+        image = scanner.acquire(settings)
+        scan_index = list(request.doses_mgy).index(settings.dose_mgy) * request.repetitions + settings.repetition - 1
+        recon = scanner.model.model_for(settings.recon)
+        info = CTSeriesInfo(
+            series_description=f"{settings.recon} {recon.description}, {settings.dose_mgy:g} mGy, "
+            f"repetition {settings.repetition}",
+            ctdivol_mgy=settings.dose_mgy,
+            convolution_kernel=recon.kernel,
+            reconstruction_algorithm=recon.algorithm,
+            series_number=100 * (scan_index + 1) + list(request.recons).index(settings.recon) + 1,
+            acquisition_time=start + dt.timedelta(minutes=3 * scan_index),
+            study_uid=study_uid,
+            frame_of_reference_uid=frame_uid,
+            uid_entropy=(*entropy, name),
+        )
+        row = {"dose_mgy": settings.dose_mgy, "recon": settings.recon, "repetition": settings.repetition}
+        if request.file_format in ("dicom", "both"):
+            relative = Path("dicom") / name
+            row["series_uid"] = _write_atomically(out_dir / relative, lambda p: write_ct_series(image, p, info))
+            row["path"] = row["dicom_dir"] = relative.as_posix()
+        if request.file_format in ("nrrd", "both"):
+            relative = Path(f"{name}.nrrd")
+            _write_atomically(out_dir / relative, lambda p: write_image(image, p))
+            row["path"] = relative.as_posix()
+            row.setdefault("series_uid", "")
+        rows.append(row)
+        manifest = pd.DataFrame(rows)
+        columns = MANIFEST_COLUMNS + (["dicom_dir"] if "dicom_dir" in manifest else [])
+        _write_atomically(out_dir / "manifest.csv", lambda p, m=manifest[columns]: m.to_csv(p, index=False))
+        if progress:
+            progress(number + 2, total, name)
+    return pd.DataFrame(rows)[MANIFEST_COLUMNS]

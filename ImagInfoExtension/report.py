@@ -1,0 +1,63 @@
+"""Figures for people: image montages (and, later, study reports)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def save_montage(
+    slices: Mapping[tuple[str, float], np.ndarray],
+    recons: Sequence[str],
+    doses_mgy: Sequence[float],
+    path: str | Path,
+    pixel_spacing_mm: tuple[float, float] = (1.0, 1.0),
+    window_hu: tuple[float, float] = (-600.0, 1500.0),
+    title: str = "",
+) -> Path:
+    """Save a grid of axial slices: one row per reconstruction, one column per dose.
+
+    Parameters
+    ----------
+    slices : mapping
+        ``(recon, dose_mgy) -> 2D array`` in HU, rows along y.
+    window_hu : (centre, width)
+        Display window.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centre, width = window_hu
+    rows, cols = len(recons), len(doses_mgy)
+    height, breadth = next(iter(slices.values())).shape
+    aspect = (height * pixel_spacing_mm[0]) / (breadth * pixel_spacing_mm[1])
+    figure, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows * aspect + 0.6), squeeze=False)
+    for r, recon in enumerate(recons):
+        for c, dose in enumerate(doses_mgy):
+            axis = axes[r][c]
+            axis.imshow(
+                slices[(recon, dose)],
+                cmap="gray",
+                vmin=centre - width / 2,
+                vmax=centre + width / 2,
+                aspect=pixel_spacing_mm[0] / pixel_spacing_mm[1],
+                interpolation="nearest",
+            )
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if r == 0:
+                axis.set_title(f"{dose:g} mGy")
+            if c == 0:
+                axis.set_ylabel(recon)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,43 @@
+# ImagInfo developer targets. Each creates .venv when missing and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP_CORE := $(VENV)/.core-installed
+STAMP_TEST := $(VENV)/.test-installed
+
+.PHONY: demo test bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# The core, the headless MRML wheel, and the ML stack pinned for this machine:
+# torch 2.13.0 is the CPU wheel (a bare `torch` would pull several GB of CUDA), and
+# pyradiomics only builds from source, without build isolation, after its build tools.
+$(STAMP_CORE): pyproject.toml | $(PY)
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet numpy setuptools wheel versioneer
+	$(PIP) install --quiet --no-build-isolation pyradiomics
+	$(PIP) install --quiet -e ".[slicer-core]"
+	touch $@
+
+$(STAMP_TEST): $(STAMP_CORE)
+	$(PIP) install --quiet -e ".[test,slicer-core]"
+	touch $@
+
+demo: $(STAMP_CORE)
+	$(VENV)/bin/imaginfo demo
+
+test: $(STAMP_TEST)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+bench: $(STAMP_CORE)
+	$(PY) benchmarks/bench_phantom.py
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) imaginfo_demo bench_results .pytest_cache
