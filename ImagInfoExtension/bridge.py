@@ -167,7 +167,8 @@ def sitk_from_volume_node(volume_node: Any) -> sitk.Image:
     """
     if volume_node is None:
         raise ValueError("no volume given: select a scalar volume")
-    if not volume_node.IsA("vtkMRMLScalarVolumeNode"):
+    vector_kinds = ("vtkMRMLVectorVolumeNode", "vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or any(volume_node.IsA(kind) for kind in vector_kinds):
         raise ValueError(
             f"{volume_node.GetName()} is a {volume_node.GetClassName()}, not a scalar volume; "
             "ImagInfo needs a 3D scalar volume (split 4D sequences into single frames first)"
@@ -474,7 +475,8 @@ def dataframe_from_table_node(node: Any) -> pd.DataFrame:
         name = column.GetName()
         kind = column.GetClassName()
         if kind == "vtkStringArray":
-            data[name] = pd.Series([column.GetValue(r) for r in range(count)], dtype=object)
+            # The default string dtype of the running pandas (object before 3.0).
+            data[name] = pd.Series([column.GetValue(r) for r in range(count)])
         elif kind == "vtkBitArray":
             data[name] = np.array([bool(column.GetValue(r)) for r in range(count)], dtype=bool)
         else:

@@ -249,6 +249,23 @@ def _subsample_offsets(subsamples: int) -> np.ndarray:
     return np.array(np.meshgrid(ticks, ticks, ticks, indexing="ij")).reshape(3, -1).T
 
 
+def _jitter(voxel_keys: np.ndarray, count: int, subsamples: int) -> np.ndarray:
+    """Reproducible stratified jitter (V, S, 3) inside each subsample cell.
+
+    A regular lattice biases the area of a vessel aligned with the grid; jittering
+    each point within its cell makes the errors independent, so they average out.
+    The jitter is a hash of (voxel, point), identical whichever capsule asks.
+    """
+    keys = voxel_keys[:, None, None] * np.uint64(count * 3) + np.arange(count * 3, dtype=np.uint64).reshape(1, count, 3)
+    with np.errstate(over="ignore"):
+        keys = (keys + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
+        keys ^= keys >> np.uint64(31)
+        keys *= np.uint64(0x94D049BB133111EB)
+        keys ^= keys >> np.uint64(29)
+    uniform = (keys >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return (uniform - 0.5) / subsamples
+
+
 @dataclass
 class VesselRendering:
     """Partial-volume rendering of the tree on a grid.
@@ -324,11 +341,12 @@ def render_vessels(design: PhantomDesign, grid: ImageGrid, subsamples: int = 4) 
         best = np.full((len(boundary), len(offsets)), np.inf, dtype=np.float32)
         best_owner = np.full((len(boundary), len(offsets)), -1, dtype=np.int32)
         boundary_ijk = boundary[:, ::-1]
+        linear = np.ravel_multi_index(tuple(boundary.T), shape).astype(np.uint64)
         for number, (segment, (lower, upper)) in enumerate(zip(segments, boxes, strict=True)):
             rows = np.flatnonzero(np.all((boundary_ijk >= lower) & (boundary_ijk <= upper), axis=1))
             if len(rows) == 0:
                 continue
-            index = boundary_ijk[rows][:, None, :] + offsets[None, :, :]
+            index = boundary_ijk[rows][:, None, :] + offsets[None, :, :] + _jitter(linear[rows], len(offsets), subsamples)
             points = grid.physical_from_index(index.reshape(-1, 3)).reshape(len(rows), len(offsets), 3)
             distance = _distance_to_segment(points, np.asarray(segment.start_mm), np.asarray(segment.end_mm))
             distance = (distance - segment.radius_mm).astype(np.float32)
