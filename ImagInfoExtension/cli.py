@@ -14,8 +14,10 @@ from ImagInfoExtension import __version__
 def _positive_floats(text: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers (e.g. 0.2,1.0,4.0)")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of numbers (e.g. 0.2,1.0,4.0)"
+        ) from error
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: doses must be positive CTDIvol values in mGy (e.g. 0.2,1.0,4.0)")
     return values
@@ -31,8 +33,8 @@ def _names(text: str) -> list[str]:
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from error
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
@@ -59,9 +61,18 @@ class _ProgressBar:
 def _add_study_arguments(parser: argparse.ArgumentParser, doses: str, repetitions: int, size: str) -> None:
     from ImagInfoExtension.phantom.scanner import PHANTOM_SIZES
 
-    parser.add_argument("--doses", type=_positive_floats, default=_positive_floats(doses), help=f"CTDIvol levels in mGy (default {doses})")
-    parser.add_argument("--recons", type=_names, default=["FBP", "IR", "DL"], help="reconstructions (default FBP,IR,DL)")
-    parser.add_argument("--repetitions", type=_positive_int, default=repetitions, help=f"scans per dose (default {repetitions})")
+    parser.add_argument(
+        "--doses",
+        type=_positive_floats,
+        default=_positive_floats(doses),
+        help=f"CTDIvol levels in mGy (default {doses})",
+    )
+    parser.add_argument(
+        "--recons", type=_names, default=["FBP", "IR", "DL"], help="reconstructions (default FBP,IR,DL)"
+    )
+    parser.add_argument(
+        "--repetitions", type=_positive_int, default=repetitions, help=f"scans per dose (default {repetitions})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--size", choices=sorted(PHANTOM_SIZES), default=size, help=f"phantom grid (default {size})")
     parser.add_argument("--calibration", type=Path, help="calibration CSV (layout of phantom_study_2021.csv)")
@@ -82,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     phantom.add_argument("--out", type=Path, required=True, help="output folder")
     _add_study_arguments(phantom, "0.2,0.5,1.0,2.1,4.0", 4, "default")
-    phantom.add_argument("--format", choices=["nrrd", "dicom", "both"], default="nrrd", help="image format (default nrrd)")
+    phantom.add_argument(
+        "--format", choices=["nrrd", "dicom", "both"], default="nrrd", help="image format (default nrrd)"
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -119,7 +132,8 @@ def run_phantom(arguments: argparse.Namespace) -> int:
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
-    print(f"wrote {len(manifest)} acquisition(s), truth.json, truth_labels.nrrd and manifest.csv to {arguments.out} in {elapsed:.1f} s")
+    written = "truth.json, truth_labels.nrrd and manifest.csv"
+    print(f"wrote {len(manifest)} acquisition(s), {written} to {arguments.out} in {elapsed:.1f} s")
     return 0
 
 

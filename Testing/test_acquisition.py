@@ -54,7 +54,9 @@ def test_iqr_falls_with_dose_and_ir_is_below_fbp(calibration_measurements):
         iqr = [calibration_measurements.loc[(recon, d), "iqr_hu"] for d in DOSES]
         assert all(a > b for a, b in zip(iqr, iqr[1:])), f"{recon} IQR must fall with dose: {iqr}"
     for dose in DOSES:
-        assert calibration_measurements.loc[("IR", dose), "iqr_hu"] < calibration_measurements.loc[("FBP", dose), "iqr_hu"]
+        assert (
+            calibration_measurements.loc[("IR", dose), "iqr_hu"] < calibration_measurements.loc[("FBP", dose), "iqr_hu"]
+        )
 
 
 def test_repetitions_differ_only_in_noise(small_scanner):

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-slicer = pytest.importorskip("slicer", reason="bridge tests need the slicer-core wheel (pip install imaginfo[slicer-core])")
+slicer = pytest.importorskip(
+    "slicer", reason="bridge tests need the slicer-core wheel (pip install imaginfo[slicer-core])"
+)
 
 from ImagInfoExtension import bridge  # noqa: E402
 from ImagInfoExtension.bridge import SegmentDescription  # noqa: E402
@@ -60,7 +62,9 @@ def test_oblique_anisotropic_nrrd_file_to_node_to_sitk(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(back), array)
     assert back.GetPixelID() == sitk.sitkInt16
     for corner in _corners(grid.size_ijk):
-        assert np.allclose(back.TransformIndexToPhysicalPoint(corner), image.TransformIndexToPhysicalPoint(corner), atol=1e-4)
+        assert np.allclose(
+            back.TransformIndexToPhysicalPoint(corner), image.TransformIndexToPhysicalPoint(corner), atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
@@ -143,8 +147,13 @@ def test_segmentation_on_another_grid_is_resampled_nearest_neighbour():
     volume = bridge.volume_node_from_sitk(volume_grid.to_sitk(np.zeros(volume_grid.shape_kji, np.int16)), scene, "v")
     node = bridge.segmentation_node_from_label_map(seg_image, scene, _segments(2), "seg")
     result = bridge.label_map_from_segmentation_node(node, volume)
-    expected = sitk.Resample(seg_image, volume_grid.to_sitk(np.zeros(volume_grid.shape_kji, np.uint8)),
-                             sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    expected = sitk.Resample(
+        seg_image,
+        volume_grid.to_sitk(np.zeros(volume_grid.shape_kji, np.uint8)),
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        0,
+    )
     assert np.array_equal(sitk.GetArrayFromImage(result.image), sitk.GetArrayFromImage(expected))
     assert result.image.GetSize() == volume_grid.size_ijk
     assert sitk.GetArrayFromImage(result.image).max() == 2
@@ -197,7 +206,9 @@ def test_scene_bundle_round_trip(tmp_path):
 
 def test_requirements_are_installed_through_pip_ensure(monkeypatch):
     calls = []
-    fake_packaging = type("packaging", (), {"pip_ensure": staticmethod(lambda reqs, requester: calls.append((reqs, requester)))})
+    fake_packaging = type(
+        "packaging", (), {"pip_ensure": staticmethod(lambda reqs, requester: calls.append((reqs, requester)))}
+    )
     monkeypatch.setattr(slicer, "packaging", fake_packaging, raising=False)
     assert bridge.ensure_python_requirements(["numpy>=1.0", "surely-not-installed-package==1.0"], requester="ImagInfo")
     assert len(calls) == 1
@@ -211,7 +222,9 @@ def test_requirements_fall_back_to_pip_install_after_one_confirmation(monkeypatc
     monkeypatch.setattr(slicer, "pydeps", None, raising=False)
     installed, questions = [], []
     monkeypatch.setattr(slicer.util, "pip_install", lambda reqs: installed.append(reqs))
-    declined = bridge.ensure_python_requirements(["surely-not-installed-package"], confirm=lambda m: questions.append(m) and False)
+    declined = bridge.ensure_python_requirements(
+        ["surely-not-installed-package"], confirm=lambda m: questions.append(m) and False
+    )
     assert declined is False and installed == [] and len(questions) == 1
     assert bridge.ensure_python_requirements(["surely-not-installed-package"], confirm=lambda m: True)
     assert installed == [["surely-not-installed-package"]]

@@ -36,8 +36,13 @@ def test_dicom_series_reads_back_with_identical_geometry(tmp_path, left_handed):
     grid = _oblique_grid(left_handed)
     rng = np.random.default_rng(0)
     image = grid.to_sitk(rng.integers(-1024, 2000, grid.shape_kji).astype(np.int16))
-    info = CTSeriesInfo(series_description="FBP 1 mGy rep 1", ctdivol_mgy=1.0, convolution_kernel="FC08",
-                        reconstruction_algorithm="FILTER_BACK_PROJ", uid_entropy=("test", str(left_handed)))
+    info = CTSeriesInfo(
+        series_description="FBP 1 mGy rep 1",
+        ctdivol_mgy=1.0,
+        convolution_kernel="FC08",
+        reconstruction_algorithm="FILTER_BACK_PROJ",
+        uid_entropy=("test", str(left_handed)),
+    )
     uid = write_ct_series(image, tmp_path / "series", info)
     back = read_dicom_series(tmp_path / "series")
     # The same physical voxels: every voxel centre of one image samples the other exactly.
@@ -60,7 +65,9 @@ def test_dicom_series_reads_back_with_identical_geometry(tmp_path, left_handed):
 
 def test_phantom_command_writes_the_contract(tmp_path):
     out = tmp_path / "X"
-    code = main(["phantom", "--format", "both", "--doses", "1.0", "--recons", "FBP", "--repetitions", "1", "--out", str(out)])
+    code = main(
+        ["phantom", "--format", "both", "--doses", "1.0", "--recons", "FBP", "--repetitions", "1", "--out", str(out)]
+    )
     assert code == 0
     manifest = pd.read_csv(out / "manifest.csv")
     assert list(manifest.columns[:5]) == ["path", "dose_mgy", "recon", "repetition", "series_uid"]

@@ -174,9 +174,7 @@ class AcquisitionCalibration:
         return tuple(self.noise)
 
     @classmethod
-    def from_table(
-        cls, table: pd.DataFrame, material_hu: float = 100.0, source: str = ""
-    ) -> AcquisitionCalibration:
+    def from_table(cls, table: pd.DataFrame, material_hu: float = 100.0, source: str = "") -> AcquisitionCalibration:
         """Fit from a table with columns ``metric,recon,dose_mgy,mean``.
 
         ``metric`` ``iqr_hu`` rows (at least two doses per reconstruction) set the
@@ -286,9 +284,7 @@ def _reference_mean_shape(model: ReconstructionModel, dose_mgy: float) -> float:
     return float((values * weights).sum() / (np.prod(shape)))
 
 
-def noise_power_spectrum(
-    model: ReconstructionModel, noise_sd_hu: float, dose_mgy: float, fk, fj, fi
-) -> np.ndarray:
+def noise_power_spectrum(model: ReconstructionModel, noise_sd_hu: float, dose_mgy: float, fk, fj, fi) -> np.ndarray:
     """The physical NPS in HU²·mm³ at the given frequencies.
 
     Normalised so that on the reference grid the pixel variance is ``noise_sd_hu``².

@@ -346,7 +346,9 @@ def render_vessels(design: PhantomDesign, grid: ImageGrid, subsamples: int = 4) 
             rows = np.flatnonzero(np.all((boundary_ijk >= lower) & (boundary_ijk <= upper), axis=1))
             if len(rows) == 0:
                 continue
-            index = boundary_ijk[rows][:, None, :] + offsets[None, :, :] + _jitter(linear[rows], len(offsets), subsamples)
+            index = (
+                boundary_ijk[rows][:, None, :] + offsets[None, :, :] + _jitter(linear[rows], len(offsets), subsamples)
+            )
             points = grid.physical_from_index(index.reshape(-1, 3)).reshape(len(rows), len(offsets), 3)
             distance = _distance_to_segment(points, np.asarray(segment.start_mm), np.asarray(segment.end_mm))
             distance = (distance - segment.radius_mm).astype(np.float32)

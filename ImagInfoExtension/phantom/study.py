@@ -174,11 +174,13 @@ def generate_study(
         row = {"dose_mgy": settings.dose_mgy, "recon": settings.recon, "repetition": settings.repetition}
         if request.file_format in ("dicom", "both"):
             relative = Path("dicom") / name
-            row["series_uid"] = _write_atomically(out_dir / relative, lambda p: write_ct_series(image, p, info))
+            row["series_uid"] = _write_atomically(
+                out_dir / relative, lambda p, image=image, info=info: write_ct_series(image, p, info)
+            )
             row["path"] = row["dicom_dir"] = relative.as_posix()
         if request.file_format in ("nrrd", "both"):
             relative = Path(f"{name}.nrrd")
-            _write_atomically(out_dir / relative, lambda p: write_image(image, p))
+            _write_atomically(out_dir / relative, lambda p, image=image: write_image(image, p))
             row["path"] = relative.as_posix()
             row.setdefault("series_uid", "")
         rows.append(row)
