@@ -539,7 +539,7 @@ def save_scene_bundle(scene: Any, path: str | Path) -> Path:
     complete, so a failure leaves no partial file.
     """
     slicer = _slicer()
-    path = Path(path)
+    path = Path(path).resolve()  # Slicer's bundle writer needs absolute paths
     if path.suffix.lower() != ".mrb":
         raise ValueError(f"a scene bundle needs the .mrb suffix, got {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -572,7 +572,7 @@ def load_scene_bundle(path: str | Path) -> Any:
     logic.SetMRMLScene(scene)
     work = tempfile.mkdtemp(prefix="imaginfo-mrb-")
     try:
-        if not logic.OpenSlicerDataBundle(str(path), work):
+        if not logic.OpenSlicerDataBundle(str(Path(path).resolve()), work):
             raise OSError(f"Slicer could not open the scene bundle {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

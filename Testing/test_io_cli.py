@@ -106,12 +106,13 @@ def test_bad_arguments_get_clear_errors(tmp_path, capsys, arguments, message):
     assert not (tmp_path / "bad" / "manifest.csv").exists()
 
 
-def test_demo_writes_montage_and_scene(tmp_path):
+def test_demo_writes_montage_and_scene(tmp_path, monkeypatch):
     pytest.importorskip("slicer", reason="the demo's scene bundle needs slicer-core")
     from ImagInfoExtension import bridge
 
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", "demo"]) == 0  # a relative path, as `make demo` gives
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
     manifest = pd.read_csv(out / "study" / "manifest.csv")
     assert len(manifest) == 3 * 3 * 2
     assert (out / "montage.png").stat().st_size > 10_000
