@@ -48,17 +48,12 @@ def write_demo_scene(scanner: VirtualScanner, volumes: dict[str, sitk.Image], pa
 
 def run_demo(arguments: argparse.Namespace) -> int:
     from ImagInfoExtension.cli import _ProgressBar, _study_request
-    from ImagInfoExtension.phantom.acquisition import AcquisitionCalibration, AcquisitionModel
     from ImagInfoExtension.phantom.study import generate_study
 
     started = time.perf_counter()
     out = Path(arguments.out)
     request = _study_request(arguments, "nrrd")
-    model = AcquisitionModel()
-    if request.calibration_csv:
-        model = AcquisitionModel(calibration=AcquisitionCalibration.from_csv(request.calibration_csv))
-    request.validate(model)
-    scanner = VirtualScanner(size=request.size, model=model)
+    scanner = request.scanner()
     study_dir = out / "study"
     bar = _ProgressBar("demo study")
     try:

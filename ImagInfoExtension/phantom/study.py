@@ -72,6 +72,14 @@ class StudyRequest:
         if self.size not in PHANTOM_SIZES:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(PHANTOM_SIZES)}")
 
+    def scanner(self) -> VirtualScanner:
+        """A validated scanner for this request (its size and calibration)."""
+        model = AcquisitionModel()
+        if self.calibration_csv:
+            model = AcquisitionModel(calibration=AcquisitionCalibration.from_csv(self.calibration_csv))
+        self.validate(model)
+        return VirtualScanner(size=self.size, model=model)
+
     def acquisitions(self) -> list[AcquisitionSettings]:
         return [
             AcquisitionSettings(dose_mgy=float(dose), recon=recon, repetition=rep, seed=self.seed)
@@ -134,11 +142,7 @@ def generate_study(
     """
     out_dir = Path(out_dir)
     if scanner is None:
-        model = AcquisitionModel()
-        if request.calibration_csv:
-            model = AcquisitionModel(calibration=AcquisitionCalibration.from_csv(request.calibration_csv))
-        request.validate(model)
-        scanner = VirtualScanner(size=request.size, model=model)
+        scanner = request.scanner()
     else:
         request.validate(scanner.model)
     out_dir.mkdir(parents=True, exist_ok=True)
