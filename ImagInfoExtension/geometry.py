@@ -106,19 +106,31 @@ class ImageGrid:
 
     @classmethod
     def covering_box(
-        cls, lower_mm: np.ndarray, upper_mm: np.ndarray, spacing_mm: tuple[float, float, float]
+        cls,
+        lower_mm: np.ndarray,
+        upper_mm: np.ndarray,
+        spacing_mm: tuple[float, float, float],
+        direction: tuple[float, ...] | None = None,
     ) -> ImageGrid:
-        """An axis-aligned grid whose voxel centres cover the LPS box [lower, upper]."""
+        """A grid whose voxel centres cover the LPS box [lower, upper].
+
+        With ``direction`` (an oblique grid), the grid covers the box's eight corners.
+        """
         lower = np.asarray(lower_mm, dtype=float)
         upper = np.asarray(upper_mm, dtype=float)
         spacing = np.asarray(spacing_mm, dtype=float)
-        size = np.ceil((upper - lower) / spacing).astype(int) + 1
-        centre = (lower + upper) / 2
-        origin = centre - (size - 1) * spacing / 2
+        matrix = np.eye(3) if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
+        corners = np.array([[(lower, upper)[b >> a & 1][a] for a in range(3)] for b in range(8)])
+        local = corners @ matrix
+        local_lower, local_upper = local.min(axis=0), local.max(axis=0)
+        size = np.ceil((local_upper - local_lower) / spacing - 1e-9).astype(int) + 1
+        centre = (local_lower + local_upper) / 2
+        origin = matrix @ (centre - (size - 1) * spacing / 2)
         return cls(
             size_ijk=tuple(int(s) for s in size),
             spacing_mm=tuple(float(s) for s in spacing),
             origin_mm=tuple(float(o) for o in origin),
+            direction=tuple(float(d) for d in matrix.ravel()),
         )
 
     def same_as(self, other: ImageGrid, tolerance_mm: float = 1e-4) -> bool:

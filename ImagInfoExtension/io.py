@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,3 +217,17 @@ def write_ct_series(image: sitk.Image, folder: str | Path, info: CTSeriesInfo) -
         ds.PixelData = stored[k].tobytes()
         ds.save_as(folder / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
     return series_uid
+
+
+def write_atomically(target: Path, writer: Callable[[Path], object]) -> object:
+    """Write through a temporary sibling and rename, so a crash leaves no half file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent)) / target.name
+    try:
+        result = writer(temporary)
+        if target.exists() and target.is_dir():
+            shutil.rmtree(target)
+        os.replace(temporary, target)
+        return result
+    finally:
+        shutil.rmtree(temporary.parent, ignore_errors=True)

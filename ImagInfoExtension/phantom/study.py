@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ImagInfoExtension.io import CTSeriesInfo, study_uids, write_ct_series, write_image
+from ImagInfoExtension.io import CTSeriesInfo, study_uids, write_atomically, write_ct_series, write_image
 from ImagInfoExtension.phantom.acquisition import AcquisitionCalibration, AcquisitionModel, AcquisitionSettings
 from ImagInfoExtension.phantom.scanner import PHANTOM_SIZES, VirtualScanner
 
@@ -93,20 +90,6 @@ def acquisition_name(settings: AcquisitionSettings) -> str:
     return f"{settings.recon}_{settings.dose_mgy:g}mGy_rep{settings.repetition}"
 
 
-def _write_atomically(target: Path, writer: Callable[[Path], object]) -> object:
-    """Write through a temporary sibling and rename, so a crash leaves no half file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent)) / target.name
-    try:
-        result = writer(temporary)
-        if target.exists() and target.is_dir():
-            shutil.rmtree(target)
-        os.replace(temporary, target)
-        return result
-    finally:
-        shutil.rmtree(temporary.parent, ignore_errors=True)
-
-
 def write_truth(scanner: VirtualScanner, out_dir: Path) -> None:
     """Write ``truth.json`` and ``truth_labels.nrrd``."""
     truth = scanner.truth
@@ -118,8 +101,8 @@ def write_truth(scanner: VirtualScanner, out_dir: Path) -> None:
         "origin_mm": list(grid.origin_mm),
         "direction": list(grid.direction),
     }
-    _write_atomically(out_dir / "truth_labels.nrrd", lambda p: write_image(truth.label_image(), p))
-    _write_atomically(out_dir / "truth.json", lambda p: p.write_text(json.dumps(document, indent=1)))
+    write_atomically(out_dir / "truth_labels.nrrd", lambda p: write_image(truth.label_image(), p))
+    write_atomically(out_dir / "truth.json", lambda p: p.write_text(json.dumps(document, indent=1)))
 
 
 def generate_study(
@@ -178,19 +161,19 @@ def generate_study(
         row = {"dose_mgy": settings.dose_mgy, "recon": settings.recon, "repetition": settings.repetition}
         if request.file_format in ("dicom", "both"):
             relative = Path("dicom") / name
-            row["series_uid"] = _write_atomically(
+            row["series_uid"] = write_atomically(
                 out_dir / relative, lambda p, image=image, info=info: write_ct_series(image, p, info)
             )
             row["path"] = row["dicom_dir"] = relative.as_posix()
         if request.file_format in ("nrrd", "both"):
             relative = Path(f"{name}.nrrd")
-            _write_atomically(out_dir / relative, lambda p, image=image: write_image(image, p))
+            write_atomically(out_dir / relative, lambda p, image=image: write_image(image, p))
             row["path"] = relative.as_posix()
             row.setdefault("series_uid", "")
         rows.append(row)
         manifest = pd.DataFrame(rows)
         columns = MANIFEST_COLUMNS + (["dicom_dir"] if "dicom_dir" in manifest else [])
-        _write_atomically(out_dir / "manifest.csv", lambda p, m=manifest[columns]: m.to_csv(p, index=False))
+        write_atomically(out_dir / "manifest.csv", lambda p, m=manifest[columns]: m.to_csv(p, index=False))
         if progress:
             progress(number + 2, total, name)
     return pd.DataFrame(rows)[MANIFEST_COLUMNS]
