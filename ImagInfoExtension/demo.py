@@ -80,9 +80,23 @@ def run_demo(arguments: argparse.Namespace) -> int:
         title=f"Digital vessel phantom, axial slice {k} (repetition 1)",
     )
     scene = write_demo_scene(scanner, volumes, out / "phantom_study.mrb")
+
+    from ImagInfoExtension.vessels.batch import quantify_study
+
+    bar = _ProgressBar("vessel quantification")
+    try:
+        vessels = quantify_study(study_dir, out / "vessels", progress=bar)
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - started
+    failed = vessels[vessels["status"] != "ok"]
+    print(vessels.drop(columns=["error", "name"]).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"vessels:  {out / 'vessels'} (per_radius.csv, summary.json, vessels.nrrd, centerlines.json per acquisition;")
+    print(f"          study_vessels.csv; {len(vessels) - len(failed)} quantified, {len(failed)} failed)")
     print(f"study:    {study_dir} ({len(manifest)} acquisitions, manifest.csv, truth.json, truth_labels.nrrd)")
     print(f"montage:  {montage}")
     print(f"scene:    {scene} (open in 3D Slicer: File > Add Data)")
     print(f"true vessel volume {scanner.truth.total_volume_ml:.3f} ml; finished in {elapsed:.1f} s")
-    return 0
+    for failure in failed.itertuples():
+        print(f"FAILED {failure.name}: {failure.error}")
+    return 0 if failed.empty else 1

@@ -40,7 +40,13 @@ def read_image(path: str | Path) -> sitk.Image:
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_dir():
         return read_dicom_series(path)
-    image = sitk.ReadImage(str(path))
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown format"
+        raise ValueError(
+            f"{path} could not be read as an image (NRRD, NIfTI, MHA or a DICOM folder): {reason}"
+        ) from None
     if image.GetDimension() != 3:
         raise ValueError(f"{path} is a {image.GetDimension()}D image; ImagInfo needs a 3D volume")
     return image
