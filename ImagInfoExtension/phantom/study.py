@@ -177,3 +177,26 @@ def generate_study(
         if progress:
             progress(number + 2, total, name)
     return pd.DataFrame(rows)[MANIFEST_COLUMNS]
+
+
+#: The acquisition behind the "ImagInfo vessel phantom" sample data set.
+SAMPLE_ACQUISITION = AcquisitionSettings(dose_mgy=1.0, recon="FBP", repetition=1)
+
+
+def write_sample_data(folder: str | Path, size: str = "small") -> dict[str, Path]:
+    """Generate the sample data set once: one CT, the truth label map and ``truth.json``.
+
+    Files already present are reused, so a cache folder costs the generation only once.
+    """
+    folder = Path(folder)
+    paths = {
+        "volume": folder / f"ImagInfoVesselPhantom_{acquisition_name(SAMPLE_ACQUISITION)}.nrrd",
+        "truth_labels": folder / "truth_labels.nrrd",
+        "truth": folder / "truth.json",
+    }
+    if all(p.is_file() and p.stat().st_size > 0 for p in paths.values()):
+        return paths
+    scanner = VirtualScanner(size=size)
+    write_truth(scanner, folder)
+    write_atomically(paths["volume"], lambda p: write_image(scanner.acquire(SAMPLE_ACQUISITION), p))
+    return paths

@@ -123,13 +123,15 @@ def truth_from_label_map(
             "give the class radii (--radii) in label order"
         )
     points, radius, weight = [], [], []
+    # The tree is skeletonised whole, then each skeleton voxel takes its own label:
+    # a short, thick class thinned on its own can vanish entirely.
+    skeleton = skeletonize(array > 0)
     for label in present:
-        skeleton = skeletonize(array == label)
-        index_kji = np.argwhere(skeleton)
+        index_kji = np.argwhere(skeleton & (array == label))
         points.append(grid.physical_from_index(index_kji[:, ::-1]))
         radius.append(np.full(len(index_kji), radii[label - 1]))
         weight.append(np.full(len(index_kji), step))
-    if not points:
+    if not present:
         raise ValueError(f"{source} holds no labelled voxels")
     radius_mm = np.concatenate(radius)
     volumes = {radii[label - 1]: float((array == label).sum()) * grid.voxel_volume_mm3 / 1000.0 for label in present}

@@ -1,0 +1,121 @@
+"""The ImagInfoVesselPhantom module's Logic and self-test on real MRML (slicer-core + harness)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="module tests need the slicer-core wheel (pip install imaginfo[slicer-core])")
+
+MODULE_DIR = Path(__file__).resolve().parent.parent / "Modules" / "Scripted" / "ImagInfoVesselPhantom"
+
+
+@pytest.fixture(scope="module")
+def module():
+    from test_slicer_modules import _load_module_source
+
+    return _load_module_source(MODULE_DIR)
+
+
+@pytest.fixture
+def slicer_scene(module):
+    import slicer
+
+    slicer.mrmlScene.Clear(0)
+    return slicer
+
+
+def test_module_self_test_passes(module, slicer_scene):
+    test = module.ImagInfoVesselPhantomTest()
+    test.runTest()
+
+
+def test_parameter_node_drives_the_logic(module, slicer_scene):
+    slicer = slicer_scene
+    from ImagInfoExtension import bridge
+    from ImagInfoExtension.phantom.cylinders import make_cylinder_phantom
+
+    phantom = make_cylinder_phantom((1.0, 3.0), copies=2, seed=4)
+    volume = bridge.volume_node_from_sitk(phantom.image, slicer.mrmlScene, "cylinders")
+    logic = module.ImagInfoVesselPhantomLogic()
+    parameters = logic.getParameterNode()
+    assert parameters.vesselHU == 100.0 and parameters.sensitivity == 0.25
+    parameters.inputVolume = volume
+    parameters.radii = "1, 3"
+    inputs = logic.inputsFromParameterNode(parameters)
+    assert inputs["radii_mm"] == [1.0, 3.0] and inputs["truth"] is None
+    result = logic.quantify(**inputs)
+    assert result.per_radius["radius_mm"].dropna().tolist() == [1.0, 3.0]
+    parameters.radii = "1, x"
+    with pytest.raises(ValueError, match="numbers in mm"):
+        logic.inputsFromParameterNode(parameters)
+
+
+def test_roi_restricts_the_search(module, slicer_scene):
+    slicer = slicer_scene
+    from ImagInfoExtension import bridge
+    from ImagInfoExtension.phantom.cylinders import make_cylinder_phantom
+    from ImagInfoExtension.vessels import truth_from_design
+
+    phantom = make_cylinder_phantom((2.0,), copies=2, seed=9)
+    volume = bridge.volume_node_from_sitk(phantom.image, slicer.mrmlScene, "cylinders")
+    first = phantom.design.segments[0]
+    centre_lps = (np.asarray(first.start_mm) + np.asarray(first.end_mm)) / 2
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.SetCenter(*(centre_lps * np.array([-1.0, -1.0, 1.0])))
+    roi.SetSize(30.0, 30.0, 30.0)
+    logic = module.ImagInfoVesselPhantomLogic()
+    truth = truth_from_design(phantom.design)
+    whole = logic.quantify(volume, truth=truth)
+    boxed = logic.quantify(volume, truth=truth, roi=roi)
+    assert whole.per_radius.loc[0, "detection_rate"] > 0.95
+    # Only the cylinder inside the box is found: half the centreline.
+    assert boxed.per_radius.loc[0, "detection_rate"] == pytest.approx(0.5, abs=0.05)
+    assert boxed.total_volume_ml == pytest.approx(whole.total_volume_ml / 2, rel=0.1)
+
+
+def test_design_segmentation_is_a_truth(module, slicer_scene):
+    slicer = slicer_scene
+    from ImagInfoExtension import bridge
+    from ImagInfoExtension.phantom import VirtualScanner
+    from ImagInfoExtension.phantom.design import DEFAULT_RADII_MM
+
+    scanner = VirtualScanner(size="small")
+    labels = scanner.truth.label_image()
+    segments = [
+        bridge.SegmentDescription(label=n + 1, name=f"vessel r={r:g} mm") for n, r in enumerate(DEFAULT_RADII_MM)
+    ]
+    volume = bridge.volume_node_from_sitk(labels, slicer.mrmlScene, "grid")
+    design = bridge.segmentation_node_from_label_map(labels, slicer.mrmlScene, segments, "design", volume)
+    logic = module.ImagInfoVesselPhantomLogic()
+    truth = logic.truthFrom(design, volume)
+    assert truth.radii_mm == tuple(DEFAULT_RADII_MM), [float(r) for r in truth.radii_mm]
+    lengths = scanner.design.centerline_length_mm()
+    # Skeleton length of the label map approximates the design's centreline length.
+    assert truth.length_mm(4.25) == pytest.approx(lengths[4.25], rel=0.35)
+
+
+def test_sample_data_is_generated_locally(module, tmp_path, monkeypatch):
+    registered = {}
+    fake = types.ModuleType("SampleData")
+
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(**arguments):
+            registered.update(arguments)
+
+    fake.SampleDataLogic = SampleDataLogic
+    monkeypatch.setitem(sys.modules, "SampleData", fake)
+    monkeypatch.setattr(module, "sampleDataFolder", lambda: tmp_path / "ImagInfo")
+    module.registerSampleData()
+    assert registered["sampleDescription"] == "ImagInfo vessel phantom"
+    assert registered["loadFileType"] == ["VolumeFile", "SegmentationFile"]
+    for uri, name in zip(registered["uris"], registered["fileNames"], strict=True):
+        assert uri.startswith("file://") and uri.endswith(name)
+        assert (tmp_path / "ImagInfo" / name).stat().st_size > 0
+    assert (tmp_path / "ImagInfo" / "truth.json").is_file()
+    assert Path(registered["thumbnailFileName"]).is_file()
