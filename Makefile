@@ -34,6 +34,7 @@ test: $(STAMP_TEST)
 
 bench: $(STAMP_CORE)
 	$(PY) benchmarks/bench_phantom.py
+	$(PY) benchmarks/bench_vessels.py
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .
