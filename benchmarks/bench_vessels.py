@@ -54,6 +54,10 @@ def peer_objectness(image: sitk.Image, scales_mm) -> sitk.Image:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own high-water mark (ru_maxrss would carry the parent's across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
