@@ -8,10 +8,26 @@ indexed ``[k, j, i]``, the order ``SimpleITK.GetArrayFromImage`` uses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
+
+
+def mask_bounding_box(mask: np.ndarray, margin_voxels: int | Sequence[int] = 0) -> tuple[slice, ...]:
+    """Array slices around the non-zero voxels of ``mask``, widened by a margin and clipped.
+
+    An empty mask gives empty slices.
+    """
+    margin = np.broadcast_to(np.asarray(margin_voxels, dtype=int), (mask.ndim,))
+    found = ndimage.find_objects(mask.astype(np.uint8))
+    if not found or found[0] is None:
+        return tuple(slice(0, 0) for _ in mask.shape)
+    return tuple(
+        slice(max(0, s.start - int(m)), min(n, s.stop + int(m))) for s, m, n in zip(found[0], margin, mask.shape)
+    )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 from ImagInfoExtension.io import read_image, write_atomically
 from ImagInfoExtension.vessels.quantify import VesselParameters, quantify_vessels, write_results
 from ImagInfoExtension.vessels.truth import load_truth
+from ImagInfoExtension.vessels.vesselness import ProgressCallback
 
 #: The radius whose MPV and IQR the published study tabulates.
 REPORTED_RADIUS_MM = 3.0
@@ -26,7 +26,7 @@ def quantify_study(
     study_dir: str | Path,
     out_dir: str | Path,
     parameters: VesselParameters | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> pd.DataFrame:
     """Quantify each acquisition listed in a study's ``manifest.csv``.
 

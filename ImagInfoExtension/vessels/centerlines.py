@@ -13,11 +13,13 @@ at random background places, is reported unresolved (radius NaN).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
+from ImagInfoExtension.geometry import mask_bounding_box
 
 #: Radius methods, as stored in :attr:`Centerlines.method`.
 METHOD_DISTANCE = 1
@@ -67,25 +69,22 @@ class Centerlines:
         ``METHOD_DISTANCE``, ``METHOD_INTEGRAL`` or ``METHOD_UNRESOLVED``.
     tangent_kji : ndarray (N, 3)
         Unit tangent in physical units, array axis order.
+    depth_box : tuple of slice, optional
+        Where ``depth_mm`` lies in the image array.
+    depth_mm : ndarray, optional
+        The segmentation's Euclidean distance transform (mm) inside ``depth_box``, a
+        by-product the per-class statistics reuse.
     """
 
     index_kji: np.ndarray
     radius_mm: np.ndarray
     method: np.ndarray
     tangent_kji: np.ndarray
+    depth_box: tuple[slice, ...] | None = None
+    depth_mm: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.radius_mm)
-
-
-def _bounding_box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    if not found or found[0] is None:
-        return tuple(slice(0, 0) for _ in mask.shape)
-    box = found[0]
-    return tuple(
-        slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, margin, mask.shape, strict=True)
-    )
 
 
 def prune_contained_balls(points_mm: np.ndarray, radius_mm: np.ndarray, tolerance_mm: float) -> np.ndarray:
@@ -188,19 +187,19 @@ def extract_centerlines(
     empty = Centerlines(np.zeros((0, 3), int), np.zeros(0), np.zeros(0, np.int8), np.zeros((0, 3)))
     if not segmentation.any():
         return empty
-    box = _bounding_box(segmentation, (2, 2, 2))
+    box = mask_bounding_box(segmentation, 2)
     crop = segmentation[box]
     offset = np.array([s.start for s in box])
-    skeleton = skeletonize(crop)
-    index = np.argwhere(skeleton)
-    if len(index) == 0:
-        return empty
+    # The box keeps background on every side, so the crop's distance transform equals
+    # the whole image's there.
     distance = ndimage.distance_transform_edt(crop, sampling=spacing)
+    index = np.argwhere(skeletonize(crop))
+    if len(index) == 0:
+        return replace(empty, depth_box=box, depth_mm=distance)
     depth = distance[tuple(index.T)]
     # A thinned skeleton may sit one voxel off the axis of an even-width vessel; the
     # deepest voxel next to it is the better centre.
     centre_depth = ndimage.maximum_filter(distance, size=3)[tuple(index.T)]
-    del distance
     points_mm = index * spacing
     mean_spacing = float(np.mean(spacing))
     keep = prune_contained_balls(points_mm, depth, 0.5 * mean_spacing)
@@ -210,8 +209,6 @@ def extract_centerlines(
 
     radius = np.full(len(index), np.nan)
     method = np.full(len(index), METHOD_UNRESOLVED, dtype=np.int8)
-    # The distance to the nearest background voxel centre overshoots the boundary,
-    # which lies half a voxel before it.
     thick = centre_depth >= parameters.edt_min_voxels * mean_spacing
     radius[thick] = centre_depth[thick]
     method[thick] = METHOD_DISTANCE
@@ -240,7 +237,7 @@ def extract_centerlines(
             radius[rows[resolved]] = estimate[resolved]
             method[rows[resolved]] = METHOD_INTEGRAL
     radius = _smooth_along_centerlines(points_mm, radius, np.maximum(np.nan_to_num(radius), 2.0 * mean_spacing))
-    return Centerlines(index_full, radius, method, tangents)
+    return Centerlines(index_full, radius, method, tangents, box, distance)
 
 
 def _smooth_along_centerlines(points_mm: np.ndarray, radius_mm: np.ndarray, reach_mm: np.ndarray) -> np.ndarray:

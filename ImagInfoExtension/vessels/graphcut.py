@@ -20,6 +20,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
+from ImagInfoExtension.geometry import mask_bounding_box
+
 #: Real-valued costs are scaled by this and rounded: maximum_flow needs integers.
 CAPACITY_SCALE = 64.0
 
@@ -69,11 +71,8 @@ def _local_levels(
     parameters: GraphCutParameters,
 ) -> np.ndarray:
     """Intensity level of the vessel/background decision at each band voxel."""
-    found = ndimage.find_objects(band.astype(np.uint8))[0]
     reach = np.ceil(parameters.local_peak_mm / spacing).astype(int)
-    box = tuple(
-        slice(max(0, s.start - r), min(n, s.stop + r)) for s, r, n in zip(found, reach, image.shape, strict=True)
-    )
+    box = mask_bounding_box(band, reach)
     # Half-voxel smoothing keeps single noisy voxels from posing as peaks.
     smoothed = ndimage.gaussian_filter(image[box].astype(np.float32), 0.5, truncate=2.0)
     peak = ndimage.maximum_filter(smoothed, size=tuple(2 * reach + 1))

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ImagInfoExtension import __version__
@@ -33,9 +32,7 @@ from ImagInfoExtension.vessels.centerlines import (
 from ImagInfoExtension.vessels.graphcut import GraphCutParameters, graph_cut_segmentation
 from ImagInfoExtension.vessels.region import find_holder_cavity
 from ImagInfoExtension.vessels.truth import VesselTruth, register_truth_to_image
-from ImagInfoExtension.vessels.vesselness import VesselnessParameters, scales_for_radii, vesselness
-
-ProgressCallback = Callable[[int, int, str], None]
+from ImagInfoExtension.vessels.vesselness import ProgressCallback, VesselnessParameters, scales_for_radii, vesselness
 
 #: Columns of the per-radius table, always present.
 BASE_COLUMNS = ("radius_mm", "n_voxels", "volume_ml", "mpv_hu", "iqr_hu")
@@ -352,8 +349,7 @@ def quantify_vessels(
     if truth is not None:
         if parameters.register_truth:
             report(0, "aligning the design to the image")
-        elif _check_truth_inside(truth, grid) < MIN_TRUTH_INSIDE:
-            share = _check_truth_inside(truth, grid)
+        elif (share := _check_truth_inside(truth, grid)) < MIN_TRUTH_INSIDE:
             raise ValueError(
                 f"the truth lies outside the image: only {100 * share:.0f}% of its centreline falls inside the "
                 "image grid. Check that truth and image share the LPS frame, or ask for a rigid registration "
@@ -417,14 +413,13 @@ def quantify_vessels(
     report(85, "per-radius statistics")
     labels = np.zeros(grid.shape_kji, dtype=np.uint8)
     depth = np.zeros(grid.shape_kji, dtype=np.float32)
+    if centerlines.depth_mm is not None:
+        depth[centerlines.depth_box] = centerlines.depth_mm
     vessel_index = np.argwhere(segmentation)
     if len(vessel_index) and len(centerlines):
         _, nearest = cKDTree(centerlines.index_kji * spacing).query(vessel_index * spacing)
         classes = _assign_classes(centerlines.radius_mm[nearest], radii)
         labels[tuple(vessel_index.T)] = classes
-        found = ndimage.find_objects(segmentation.astype(np.uint8))[0]
-        box = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(found, grid.shape_kji))
-        depth[box] = ndimage.distance_transform_edt(segmentation[box], sampling=spacing)
     elif len(vessel_index):
         labels[segmentation] = len(radii) + 1
     table = _class_statistics(array, labels, depth, radii, grid.voxel_volume_mm3, parameters.core_depth_mm)

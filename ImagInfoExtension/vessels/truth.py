@@ -161,9 +161,9 @@ def register_truth_to_image(
 ) -> sitk.Euler3DTransform:
     """Rigidly align the design to the image (design frame → image frame).
 
-    The design is rendered as a tube mask on the image grid and matched to the
-    image's vessels (or ``segmentation``) by mean squares on smoothed masks,
-    starting from aligned centres of mass.
+    The design's centreline points, rendered on a grid of the image's spacing, are
+    matched to the image's vessels (or ``segmentation``) by correlation of the two
+    smoothed masks, starting from aligned centres of mass.
 
     Returns
     -------

@@ -189,7 +189,9 @@ def vesselness(
     levels = []
     for scale in parameters.scales_mm:
         sigma = scale / spacing
-        smoothed = ndimage.gaussian_filter(image[sample].astype(np.float32), sigma / sample_step, truncate=3.0)
+        smoothed = ndimage.gaussian_filter(
+            image[sample].astype(np.float32), sigma / sample_step, truncate=GAUSSIAN_TRUNCATE
+        )
         levels.append(_robust_level(smoothed[mask[sample]]))
     c = parameters.structureness_fraction * abs(contrast_hu)
     halo = int(np.ceil(GAUSSIAN_TRUNCATE * max(parameters.scales_mm) / spacing[0])) + 1
