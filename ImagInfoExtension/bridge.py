@@ -536,7 +536,7 @@ def mask_from_roi_node(roi_node: Any, grid: ImageGrid) -> np.ndarray:
     axes_ras = _matrix_to_numpy(roi_node.GetObjectToWorldMatrix())[:3, :3]
     k, j, i = np.indices(grid.shape_kji)
     points_lps = grid.physical_from_index(np.stack([i, j, k], axis=-1).reshape(-1, 3))
-    offsets_ras = points_lps * np.array([-1.0, -1.0, 1.0]) - np.asarray(centre)
+    offsets_ras = points_lps @ _LPS_TO_RAS[:3, :3] - np.asarray(centre)
     local = offsets_ras @ axes_ras
     inside = np.all(np.abs(local) <= 0.5 * np.asarray(size), axis=1)
     return inside.reshape(grid.shape_kji)
@@ -547,7 +547,7 @@ def model_node_from_centerlines(points_lps_mm: np.ndarray, radius_mm: np.ndarray
     slicer, vtk = _slicer(), _vtk()
     numpy_support = _numpy_support()
     points = vtk.vtkPoints()
-    ras = np.asarray(points_lps_mm, dtype=float).reshape(-1, 3) * np.array([-1.0, -1.0, 1.0])
+    ras = np.asarray(points_lps_mm, dtype=float).reshape(-1, 3) @ _LPS_TO_RAS[:3, :3]
     points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(ras), deep=True))
     vertices = vtk.vtkCellArray()
     for index in range(len(ras)):

@@ -11,20 +11,16 @@ import SimpleITK as sitk
 
 from ImagInfoExtension.io import read_image
 from ImagInfoExtension.phantom.scanner import VirtualScanner
-from ImagInfoExtension.report import save_montage
+from ImagInfoExtension.report import radius_class_colours, save_montage
 
 
 def _truth_segments(scanner: VirtualScanner) -> list:
     """One segment per radius class, coloured from thin (blue) to thick (red)."""
-    import matplotlib
-
     from ImagInfoExtension.bridge import SegmentDescription
 
-    colours = matplotlib.colormaps["turbo"](np.linspace(0.1, 0.9, len(scanner.truth.classes)))
+    colours = radius_class_colours(len(scanner.truth.classes))
     return [
-        SegmentDescription(
-            label=c.label, name=f"vessel r={c.radius_mm:g} mm", color=tuple(float(v) for v in colours[n][:3])
-        )
+        SegmentDescription(label=c.label, name=f"vessel r={c.radius_mm:g} mm", color=colours[n])
         for n, c in enumerate(scanner.truth.classes)
     ]
 

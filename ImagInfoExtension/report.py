@@ -8,6 +8,13 @@ from pathlib import Path
 import numpy as np
 
 
+def radius_class_colours(count: int) -> list[tuple[float, float, float]]:
+    """RGB colours (0-1) of ``count`` radius classes, thin (blue) to thick (red), as all ImagInfo views show them."""
+    import matplotlib
+
+    return [tuple(float(v) for v in rgba[:3]) for rgba in matplotlib.colormaps["turbo"](np.linspace(0.1, 0.9, count))]
+
+
 def save_montage(
     slices: Mapping[tuple[str, float], np.ndarray],
     recons: Sequence[str],

@@ -449,22 +449,22 @@ class ImagInfoVesselPhantomLogic(ScriptedLoadableModuleLogic):
         Everything is built first and added to the scene last, so a failure leaves no
         half-made nodes. Existing output nodes passed in are replaced.
         """
-        import matplotlib
         import numpy as np
         import SimpleITK as sitk
 
         from ImagInfoExtension import bridge
+        from ImagInfoExtension.report import radius_class_colours
 
         scene = slicer.mrmlScene
         name = volumeNode.GetName() if volumeNode is not None else "vessels"
         table = result.per_radius.copy()
         classes = result.class_table()
-        colours = matplotlib.colormaps["turbo"](np.linspace(0.1, 0.9, len(result.radii_mm)))
+        colours = radius_class_colours(len(result.radii_mm))
         segments = [
             bridge.SegmentDescription(
                 label=row["index"],
                 name=row["name"],
-                color=tuple(float(v) for v in (colours[n][:3] if row["radius_mm"] is not None else (0.6, 0.6, 0.6))),
+                color=colours[n] if row["radius_mm"] is not None else (0.6, 0.6, 0.6),
             )
             for n, row in enumerate(classes)
         ]
