@@ -23,6 +23,7 @@ from ImagInfoExtension.vessels import (
     register_truth_to_image,
     truth_from_design,
 )
+from ImagInfoExtension.vessels.region import distance_from_mask_mm, find_holder_cavity
 from ImagInfoExtension.vessels.vesselness import symmetric_eigenvalues
 
 CYLINDER_RADII_MM = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -65,6 +66,37 @@ def cylinder_run(request):
     result = quantify_vessels(phantom.image, truth=truth)
     voxel_mm = float(np.prod(phantom.image.GetSpacing()) ** (1 / 3))
     return phantom, result, voxel_mm
+
+
+def test_distance_from_mask_matches_scipy_on_an_anisotropic_grid():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    mask = rng.random((23, 31, 17)) > 0.995
+    spacing = (1.7, 0.45, 0.8)
+    expected = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    np.testing.assert_allclose(distance_from_mask_mm(mask, spacing), expected, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="empty mask"):
+        distance_from_mask_mm(np.zeros((3, 3, 3), bool), spacing)
+
+
+def test_holder_cavity_is_the_enclosed_air_less_the_wall_margin():
+    # A PMMA tube (inner radius 20 mm, wall 4 mm) in air, open along k, with a 3 mm
+    # vessel inside and one outside it: the region is the bore, 2 mm from the wall.
+    spacing = (1.25, 0.5, 0.6)
+    k, j, i = np.meshgrid(*(np.arange(n) * s for n, s in zip((24, 120, 100), spacing, strict=True)), indexing="ij")
+    r = np.hypot(j - 30.0, i - 30.0)
+    image = np.full(k.shape, -1000.0, np.float32)
+    image[(r >= 20) & (r < 24)] = 120.0
+    image[np.hypot(j - 32.0, i - 27.0) < 3] = 100.0
+    image[np.hypot(j - 30.0, i - 57.0) < 3] = 100.0
+    region = find_holder_cavity(image, spacing, wall_margin_mm=2.0)
+    assert region.source == "holder cavity"
+    well_inside = r < 20 - 2 - 0.8
+    near_or_outside = r > 20 - 2 + 0.8
+    assert region.mask[well_inside].all()
+    assert not region.mask[near_or_outside].any()
+    assert find_holder_cavity(np.where(r < 24, -1000.0, image), spacing).source == "whole image"
 
 
 def test_cylinder_noise_is_as_specified(cylinder_run):

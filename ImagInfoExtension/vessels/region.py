@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 #: Below this value (HU) a voxel counts as air when looking for the holder.
@@ -61,26 +62,64 @@ def find_holder_cavity(
         Gaussian smoothing before thresholding, against noise at low dose.
     """
     spacing = np.asarray(spacing_kji, dtype=float)
-    smoothed = ndimage.gaussian_filter(image.astype(np.float32), smoothing_mm / spacing, truncate=3.0)
+    # Full-volume temporaries are bool or one int32 label image at a time, so that a
+    # 512x512x400 CT stays within a few times its own size.
+    smoothed = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), smoothing_mm / spacing, truncate=3.0)
     air = smoothed < AIR_THRESHOLD_HU
+    del smoothed
     labels, count = ndimage.label(air)
     border = np.zeros(count + 1, dtype=bool)
     for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         border[np.unique(face)] = True
     border[0] = False
     outside = border[labels]
-    enclosed = air & ~outside
     del labels
-    if not enclosed.any():
+    if not (air & ~outside).any():
         return PhantomRegion(np.ones(image.shape, dtype=bool), "whole image", 0.0)
     bright = ~air
-    bright_labels, _ = ndimage.label(bright)
-    touching = np.unique(bright_labels[ndimage.binary_dilation(outside) & bright])
-    touching = touching[touching > 0]
-    wall = np.isin(bright_labels, touching)
-    del bright_labels
+    del air
+    bright_labels, bright_count = ndimage.label(bright)
+    touching = np.zeros(bright_count + 1, dtype=bool)
+    touching[bright_labels[ndimage.binary_dilation(outside) & bright]] = True
+    touching[0] = False
+    wall = touching[bright_labels]
+    del bright_labels, bright
     cavity = ~outside & ~wall
+    del outside
     if wall_margin_mm > 0 and wall.any():
-        distance = ndimage.distance_transform_edt(~wall, sampling=spacing)
-        cavity &= distance > wall_margin_mm
+        cavity &= distance_from_mask_mm(wall, spacing) > wall_margin_mm
     return PhantomRegion(cavity, "holder cavity", wall_margin_mm)
+
+
+def distance_from_mask_mm(mask: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Euclidean distance (mm) of every voxel from the nearest voxel of ``mask``.
+
+    SimpleITK's Maurer transform gives the exact distance that
+    ``scipy.ndimage.distance_transform_edt(~mask, sampling=spacing_kji)`` gives, in
+    float32, multithreaded and without scipy's int32 feature-transform arrays, which
+    take 20 bytes per voxel on a full CT.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, ``[k, j, i]``
+        Must contain at least one voxel.
+    spacing_kji : sequence of float
+        Voxel spacing along the array axes (mm).
+
+    Returns
+    -------
+    ndarray of float32, ``[k, j, i]``
+        0 inside ``mask``.
+    """
+    if not mask.any():
+        raise ValueError("the distance from an empty mask is undefined; pass a mask with at least one voxel")
+    source = sitk.GetImageFromArray(np.ascontiguousarray(mask).view(np.uint8))
+    source.SetSpacing([float(s) for s in spacing_kji[::-1]])
+    squared = sitk.SignedMaurerDistanceMap(
+        source, insideIsPositive=False, squaredDistance=True, useImageSpacing=True, backgroundValue=0
+    )
+    del source
+    distance = sitk.GetArrayFromImage(squared)
+    del squared
+    np.maximum(distance, 0, out=distance)
+    return np.sqrt(distance, out=distance)
