@@ -356,14 +356,19 @@ def task_transfer_function(
     bins, v = bins[order], v[order]
     starts = np.flatnonzero(np.r_[True, np.diff(bins) > 0])
     ends = np.r_[starts[1:], len(bins)]
-    esf_r = (bins[starts] + 0.5) * step
-    esf = np.array([np.median(v[a:b]) for a, b in zip(starts, ends, strict=True)])
+    filled_r = (bins[starts] + 0.5) * step
+    filled = np.array([np.median(v[a:b]) for a, b in zip(starts, ends, strict=True)])
+    # A small disk centred on the pixel lattice offers few distinct distances, leaving
+    # bins empty; they are filled linearly so that the ESF is uniformly sampled.
+    esf_r = (np.arange(bins[0], bins[-1] + 1) + 0.5) * step
+    esf = np.interp(esf_r, filled_r, filled)
     # Bins near the centre hold few pixels; start where the ring is well sampled.
     start = esf_r >= max(0.25 * radius_mm, 2 * pixel)
     esf_r, esf = esf_r[start], esf[start]
-    # A light smoothing over one pixel tames the noise of single bins without touching
-    # frequencies below the pixel's Nyquist.
-    esf = ndimage.uniform_filter1d(esf, max(1, int(round(0.5 / bin_fraction))), mode="nearest")
+    # A running mean over half a pixel tames the noise of single bins; its own transfer
+    # (a sinc) is divided out of the TTF below.
+    smoothing_bins = max(1, int(round(0.5 / bin_fraction)))
+    esf = ndimage.uniform_filter1d(esf, smoothing_bins, mode="nearest")
     inside = float(np.median(esf[esf_r < radius_mm - 0.5 * radius_mm]))
     outside = float(np.median(esf[esf_r > radius_mm + 0.5 * radius_mm]))
     contrast = inside - outside
@@ -380,11 +385,13 @@ def task_transfer_function(
     size = 1 << int(np.ceil(np.log2(max(4 * len(lsf), 1024))))
     spectrum = np.abs(np.fft.rfft(lsf, size))
     frequency = np.fft.rfftfreq(size, step)
-    nyquist = 0.5 / pixel
-    keep = frequency <= nyquist
+    # The radial ESF is oversampled (bins of a tenth of a pixel), so the TTF is known
+    # beyond the pixel Nyquist frequency; TG-233 reports it up to the sampling frequency.
+    keep = frequency <= 1.0 / pixel
+    ttf = spectrum / spectrum[0] / np.abs(np.sinc(frequency * smoothing_bins * step))
     return TaskTransferFunction(
         frequency_per_mm=frequency[keep],
-        ttf=spectrum[keep] / spectrum[0],
+        ttf=ttf[keep],
         esf_radius_mm=esf_r,
         esf_hu=esf,
         contrast_hu=contrast,

@@ -54,6 +54,8 @@ def test_tree_sits_inside_the_holder_and_the_default_grid(default_scanner):
     points = np.concatenate([s.centerline_points(1.0) for s in design.segments])
     inner = design.holder.normalised_radius(points[:, 0], points[:, 1], design.holder.wall_thickness_mm)
     assert inner.max() < 1.0, "every vessel lies in the air inside the PMMA holder"
+    radius = np.concatenate([np.full(len(s.centerline_points(1.0)), s.radius_mm) for s in design.segments])
+    assert (points[:, 1] + radius).max() < design.holder.base_top_y_mm - 3.0, "and clear of the base"
     index = grid.index_from_physical(points)
     assert np.all(index >= 0) and np.all(index <= np.asarray(grid.size_ijk) - 1)
 
@@ -107,9 +109,15 @@ def test_holder_wall_area_is_exact():
     def superellipse_area(a, b, n):
         return 4 * a * b * gamma(1 + 1 / n) ** 2 / gamma(1 + 2 / n)
 
+    from scipy.integrate import quad
+
     a, b = holder.outer_semi_axes_mm
     t = holder.wall_thickness_mm
-    expected = superellipse_area(a, b, holder.exponent) - superellipse_area(a - t, b - t, holder.exponent)
+    n = holder.exponent
+    expected = superellipse_area(a, b, n) - superellipse_area(a - t, b - t, n)
+    # The base fills the cavity's posterior cap: y from the base face to the inner boundary.
+    cap, _ = quad(lambda y: 2 * (a - t) * (1 - (y / (b - t)) ** n) ** (1 / n), holder.base_top_y_mm, b - t)
+    expected += cap
     assert area == pytest.approx(expected, rel=0.005)
 
 

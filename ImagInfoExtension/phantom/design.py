@@ -69,14 +69,17 @@ class VesselSegment:
 
 @dataclass(frozen=True)
 class HolderDesign:
-    """Thorax-shaped PMMA holder: a superelliptic shell along the z axis.
+    """Thorax-shaped PMMA holder: a superelliptic shell along the z axis, on a flat base.
 
     The outer boundary is ``(|x|/a)^n + (|y|/b)^n = 1``; the inner boundary is the same
-    curve shrunk by ``wall_thickness_mm``.
+    curve shrunk by ``wall_thickness_mm``. The posterior side (+y, LPS) is solid PMMA
+    for ``base_thickness_mm`` from the outer boundary: the base the phantom rests on,
+    and a uniform region large enough for TG-233 noise-power ROIs.
     """
 
     outer_semi_axes_mm: tuple[float, float] = (108.0, 78.0)
     wall_thickness_mm: float = 8.0
+    base_thickness_mm: float = 18.0
     exponent: float = 2.6
     centre_xy_mm: tuple[float, float] = (0.0, 0.0)
 
@@ -92,7 +95,12 @@ class HolderDesign:
         """True where a point lies in the PMMA wall."""
         outer = self.normalised_radius(x_mm, y_mm) <= 1.0
         inner = self.normalised_radius(x_mm, y_mm, self.wall_thickness_mm) <= 1.0
-        return outer & ~inner
+        return outer & (~inner | (y_mm >= self.base_top_y_mm))
+
+    @property
+    def base_top_y_mm(self) -> float:
+        """LPS y of the base's inner (anterior) face."""
+        return self.centre_xy_mm[1] + self.outer_semi_axes_mm[1] - max(self.base_thickness_mm, self.wall_thickness_mm)
 
 
 @dataclass(frozen=True)
@@ -393,7 +401,11 @@ def render_holder_fraction(holder: HolderDesign, grid: ImageGrid, subsamples: in
     scale = min(holder.outer_semi_axes_mm) - holder.wall_thickness_mm
     outer = holder.normalised_radius(centres[:, 0], centres[:, 1])
     inner = holder.normalised_radius(centres[:, 0], centres[:, 1], holder.wall_thickness_mm)
-    near = (np.abs(outer - 1) * scale < 2 * reach) | (np.abs(inner - 1) * scale < 2 * reach)
+    near = (
+        (np.abs(outer - 1) * scale < 2 * reach)
+        | (np.abs(inner - 1) * scale < 2 * reach)
+        | (np.abs(centres[:, 1] - holder.base_top_y_mm) < 2 * reach)
+    )
     rows = np.flatnonzero(near)
     index = np.stack([i, j, k], axis=-1).reshape(-1, 3)[rows]
     inside = np.zeros(len(rows), dtype=np.float32)

@@ -62,6 +62,42 @@ def find_holder_cavity(
         Gaussian smoothing before thresholding, against noise at low dose.
     """
     spacing = np.asarray(spacing_kji, dtype=float)
+    parts = _holder_parts(image, spacing, smoothing_mm)
+    if parts is None:
+        return PhantomRegion(np.ones(image.shape, dtype=bool), "whole image", 0.0)
+    outside, wall = parts
+    cavity = ~outside & ~wall
+    del outside
+    if wall_margin_mm > 0 and wall.any():
+        cavity &= distance_from_mask_mm(wall, spacing) > wall_margin_mm
+    return PhantomRegion(cavity, "holder cavity", wall_margin_mm)
+
+
+def find_holder_wall(
+    image: np.ndarray, spacing_kji: Sequence[float], edge_margin_mm: float = 1.5, smoothing_mm: float = 0.7
+) -> np.ndarray:
+    """The uniform interior of the holder's wall: PMMA at least ``edge_margin_mm`` from its edges.
+
+    This is where TG-233 noise measurements belong on the phantom: solid material,
+    away from the blurred edges, with no air clipped at -1024 HU.
+
+    Returns
+    -------
+    ndarray of bool, ``[k, j, i]``
+        Empty when the image has no holder.
+    """
+    spacing = np.asarray(spacing_kji, dtype=float)
+    parts = _holder_parts(image, spacing, smoothing_mm)
+    if parts is None:
+        return np.zeros(image.shape, dtype=bool)
+    _, wall = parts
+    if not wall.any() or wall.all():
+        return wall
+    return wall & (distance_from_mask_mm(~wall, spacing) > edge_margin_mm)
+
+
+def _holder_parts(image: np.ndarray, spacing: np.ndarray, smoothing_mm: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Outside air and the holder wall, or None when no air is enclosed."""
     # Full-volume temporaries are bool or one int32 label image at a time, so that a
     # 512x512x400 CT stays within a few times its own size.
     smoothed = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), smoothing_mm / spacing, truncate=3.0)
@@ -75,7 +111,7 @@ def find_holder_cavity(
     outside = border[labels]
     del labels
     if not (air & ~outside).any():
-        return PhantomRegion(np.ones(image.shape, dtype=bool), "whole image", 0.0)
+        return None
     bright = ~air
     del air
     bright_labels, bright_count = ndimage.label(bright)
@@ -83,12 +119,7 @@ def find_holder_cavity(
     touching[bright_labels[ndimage.binary_dilation(outside) & bright]] = True
     touching[0] = False
     wall = touching[bright_labels]
-    del bright_labels, bright
-    cavity = ~outside & ~wall
-    del outside
-    if wall_margin_mm > 0 and wall.any():
-        cavity &= distance_from_mask_mm(wall, spacing) > wall_margin_mm
-    return PhantomRegion(cavity, "holder cavity", wall_margin_mm)
+    return outside, wall
 
 
 def distance_from_mask_mm(mask: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:

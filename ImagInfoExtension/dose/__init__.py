@@ -1,0 +1,1 @@
+"""Dose and reconstruction comparison of CT series: grouping, measurements, statistics, report."""

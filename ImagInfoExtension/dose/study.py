@@ -1,0 +1,256 @@
+"""A dose study: which series was scanned at which CTDIvol, reconstruction and repetition.
+
+A study is a table with one row per series and the columns of
+:data:`STUDY_COLUMNS`. It comes from a manifest CSV (the phantom writes one) or from
+DICOM headers, grouped by CTDIvol (0018,9345) and by reconstruction rules: regular
+expressions over ConvolutionKernel (0018,1210), ReconstructionAlgorithm (0018,9315)
+in the CT Reconstruction Sequence, Manufacturer and SeriesDescription.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+#: One row per series.
+STUDY_COLUMNS = ["path", "dose_mgy", "recon", "repetition", "series_uid"]
+
+#: DICOM attributes the reconstruction rules may test.
+RULE_FIELDS = ("convolution_kernel", "reconstruction_algorithm", "manufacturer", "series_description")
+
+
+@dataclass(frozen=True)
+class ReconstructionRule:
+    """A series belongs to ``recon`` when ``pattern`` matches one of ``fields``.
+
+    Patterns are Python regular expressions, matched case-insensitively anywhere in the
+    attribute. Rules are tried in order; the first match wins.
+    """
+
+    recon: str
+    pattern: str
+    fields: tuple[str, ...] = RULE_FIELDS
+
+    def __post_init__(self) -> None:
+        unknown = set(self.fields) - set(RULE_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown rule field(s) {sorted(unknown)}; use {', '.join(RULE_FIELDS)}")
+        try:
+            re.compile(self.pattern)
+        except re.error as error:
+            raise ValueError(f"rule for {self.recon}: {self.pattern!r} is not a regular expression ({error})") from None
+
+    def matches(self, attributes: dict[str, str]) -> bool:
+        return any(re.search(self.pattern, attributes.get(f, "") or "", re.IGNORECASE) for f in self.fields)
+
+
+#: Deep learning first: DL series often also carry an iterative algorithm term.
+DEFAULT_RULES: tuple[ReconstructionRule, ...] = (
+    ReconstructionRule(
+        "DL",
+        r"\bDL\b|deep[- ]?learning|AiCE|TrueFidelity|DLIR|Precise ?Image|ClariCT|\bDLR\b",
+        ("series_description", "convolution_kernel", "reconstruction_algorithm"),
+    ),
+    ReconstructionRule(
+        "IR",
+        r"\bIR\b|ITERATIVE|AIDR|ASIR|ADMIRE|SAFIRE|iDose|IMR|Veo|MBIR|hybrid iterative",
+        ("reconstruction_algorithm", "series_description", "convolution_kernel"),
+    ),
+    ReconstructionRule(
+        "FBP",
+        r"\bFBP\b|FILTER_BACK_PROJ|filtered back ?projection",
+        ("reconstruction_algorithm", "series_description"),
+    ),
+)
+
+
+def rules_from_json(path: str | Path) -> tuple[ReconstructionRule, ...]:
+    """Read rules from JSON: ``[{"recon": "IR", "pattern": "AIDR", "fields": [...]}, ...]``."""
+    try:
+        document = json.loads(Path(path).read_text())
+        return tuple(
+            ReconstructionRule(r["recon"], r["pattern"], tuple(r.get("fields", RULE_FIELDS))) for r in document
+        )
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} is not a rules file: expected a JSON list of {{'recon', 'pattern', 'fields'}} ({error})"
+        ) from None
+
+
+def rules_to_json(rules: Sequence[ReconstructionRule]) -> str:
+    return json.dumps([asdict(r) for r in rules], indent=1)
+
+
+def classify_reconstruction(attributes: dict[str, str], rules: Sequence[ReconstructionRule]) -> str | None:
+    """The first rule's reconstruction that matches, or None."""
+    for rule in rules:
+        if rule.matches(attributes):
+            return rule.recon
+    return None
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """A study from a CSV with columns ``path,dose_mgy,recon,repetition``.
+
+    Relative paths are taken relative to the CSV's folder. ``series_uid`` is optional.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist; give a manifest CSV with columns path,dose_mgy,recon,repetition"
+        )
+    table = pd.read_csv(path)
+    missing = [c for c in ("path", "dose_mgy", "recon", "repetition") if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path} lacks the column(s) {', '.join(missing)}; a manifest needs path,dose_mgy,recon,repetition"
+        )
+    table = table.copy()
+    table["path"] = [str(p) if Path(str(p)).is_absolute() else str(path.parent / str(p)) for p in table["path"]]
+    if "series_uid" not in table.columns:
+        table["series_uid"] = ""
+    table["series_uid"] = table["series_uid"].fillna("").astype(str)
+    return validate_study(table)
+
+
+def validate_study(table: pd.DataFrame) -> pd.DataFrame:
+    """Check a study table and put it in canonical order; the error names the bad row."""
+    table = table.copy()
+    for column in ("dose_mgy", "repetition"):
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = table.index[values.isna()]
+        if len(bad):
+            raise ValueError(f"row {bad[0] + 1}: {column} {table.loc[bad[0], column]!r} is not a number")
+        table[column] = values
+    if (table["dose_mgy"] <= 0).any():
+        row = int(np.flatnonzero(table["dose_mgy"] <= 0)[0])
+        raise ValueError(f"row {row + 1}: dose_mgy must be a positive CTDIvol in mGy")
+    table["repetition"] = table["repetition"].astype(int)
+    table["recon"] = table["recon"].astype(str)
+    duplicated = table.duplicated(["dose_mgy", "recon", "repetition"], keep=False)
+    if duplicated.any():
+        first = table[duplicated].iloc[0]
+        raise ValueError(
+            f"two series share recon {first.recon}, {first.dose_mgy:g} mGy, repetition {first.repetition}; "
+            "number the repetitions apart"
+        )
+    if len(table) == 0:
+        raise ValueError("the study has no series")
+    extra = [c for c in table.columns if c not in STUDY_COLUMNS]
+    return table[STUDY_COLUMNS + extra].sort_values(["recon", "dose_mgy", "repetition"]).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    folder: str
+    series_uid: str
+    attributes: dict
+    dose_mgy: float | None
+    series_number: int
+    acquisition_time: str
+    files: int
+
+
+def _text(dataset, keyword: str) -> str:
+    value = dataset.get(keyword, "")
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
+    """Every CT series under ``folder`` (recursively), from the headers alone."""
+    import pydicom
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of DICOM files")
+    found: dict[str, dict] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError, ValueError):
+            continue
+        uid = _text(dataset, "SeriesInstanceUID")
+        if not uid or "PixelSpacing" not in dataset:
+            continue
+        entry = found.setdefault(uid, {"dataset": dataset, "folders": set(), "files": 0})
+        entry["folders"].add(str(path.parent))
+        entry["files"] += 1
+    series = []
+    for uid, entry in found.items():
+        dataset = entry["dataset"]
+        algorithm = ""
+        for item in dataset.get("CTReconstructionSequence", []):
+            algorithm = algorithm or _text(item, "ReconstructionAlgorithm")
+        algorithm = algorithm or _text(dataset, "ReconstructionAlgorithm")
+        attributes = {
+            "convolution_kernel": _text(dataset, "ConvolutionKernel"),
+            "reconstruction_algorithm": algorithm,
+            "manufacturer": _text(dataset, "Manufacturer"),
+            "series_description": _text(dataset, "SeriesDescription"),
+        }
+        ctdi = dataset.get("CTDIvol")
+        if len(entry["folders"]) != 1:
+            raise ValueError(f"series {uid} is spread over several folders; keep each series' files in one folder")
+        series.append(
+            DicomSeries(
+                folder=next(iter(entry["folders"])),
+                series_uid=uid,
+                attributes=attributes,
+                dose_mgy=None if ctdi in (None, "") else float(ctdi),
+                series_number=int(dataset.get("SeriesNumber", 0) or 0),
+                acquisition_time=_text(dataset, "AcquisitionDate") + _text(dataset, "AcquisitionTime"),
+                files=entry["files"],
+            )
+        )
+    return series
+
+
+def study_from_dicom(
+    folder: str | Path, rules: Sequence[ReconstructionRule] = DEFAULT_RULES
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Group the CT series under ``folder`` into a study.
+
+    Repetitions are numbered within each (dose, reconstruction) by acquisition time,
+    then series number.
+
+    Returns
+    -------
+    study : DataFrame
+        :data:`STUDY_COLUMNS` plus the DICOM attributes used.
+    unmatched : DataFrame
+        Series left out, with the reason (no CTDIvol, or no rule matched).
+    """
+    rows, unmatched = [], []
+    for series in scan_dicom_folder(folder):
+        row = {
+            "path": series.folder,
+            "series_uid": series.series_uid,
+            "series_number": series.series_number,
+            "acquisition_time": series.acquisition_time,
+            **series.attributes,
+        }
+        recon = classify_reconstruction(series.attributes, rules)
+        if series.dose_mgy is None or series.dose_mgy <= 0:
+            unmatched.append({**row, "reason": "no CTDIvol (0018,9345)"})
+        elif recon is None:
+            unmatched.append({**row, "reason": "no reconstruction rule matched"})
+        else:
+            rows.append({**row, "dose_mgy": series.dose_mgy, "recon": recon})
+    unmatched_table = pd.DataFrame(unmatched, columns=["path", "series_uid", "series_description", "reason"])
+    if not rows:
+        raise ValueError(
+            f"no series under {folder} could be grouped ({len(unmatched)} left out: "
+            + "; ".join(sorted({u["reason"] for u in unmatched}) or ["no CT series found"])
+            + "); check the folder or edit the reconstruction rules"
+        )
+    study = pd.DataFrame(rows).sort_values(["recon", "dose_mgy", "acquisition_time", "series_number"])
+    study["repetition"] = study.groupby(["recon", "dose_mgy"]).cumcount() + 1
+    return validate_study(study), unmatched_table
