@@ -77,22 +77,37 @@ def run_demo(arguments: argparse.Namespace) -> int:
     )
     scene = write_demo_scene(scanner, volumes, out / "phantom_study.mrb")
 
-    from ImagInfoExtension.vessels.batch import quantify_study
+    from ImagInfoExtension.cli import print_study_summary
+    from ImagInfoExtension.dose.compare import compare_study
+    from ImagInfoExtension.dose.measure import ComparisonParameters
+    from ImagInfoExtension.dose.study import read_manifest
 
-    bar = _ProgressBar("vessel quantification")
+    parameters = ComparisonParameters()
+    bar = _ProgressBar("comparison")
     try:
-        vessels = quantify_study(study_dir, out / "vessels", progress=bar)
+        result = compare_study(
+            read_manifest(study_dir / "manifest.csv"),
+            out / "comparison",
+            parameters,
+            truth=study_dir / "truth.json",
+            workers=arguments.workers,
+            progress=bar,
+            virtual=True,
+        )
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
-    failed = vessels[vessels["status"] != "ok"]
-    print(vessels.drop(columns=["error", "name"]).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"vessels:  {out / 'vessels'} (per_radius.csv, summary.json, vessels.nrrd, centerlines.json per acquisition;")
-    print(f"          study_vessels.csv; {len(vessels) - len(failed)} quantified, {len(failed)} failed)")
+    print_study_summary(result, parameters.radius_mm)
+    batch = result.batch
+    print(f"\nreport:   {result.files['report']}")
+    print(f"tables:   {out / 'comparison'} (results_long.csv, iq_metrics.csv, table_*.csv, tables.xlsx, plots)")
     print(f"study:    {study_dir} ({len(manifest)} acquisitions, manifest.csv, truth.json, truth_labels.nrrd)")
     print(f"montage:  {montage}")
     print(f"scene:    {scene} (open in 3D Slicer: File > Add Data)")
-    print(f"true vessel volume {scanner.truth.total_volume_ml:.3f} ml; finished in {elapsed:.1f} s")
-    for failure in failed.itertuples():
-        print(f"FAILED {failure.name}: {failure.error}")
-    return 0 if failed.empty else 1
+    print(
+        f"{len(batch.succeeded)} series measured on {batch.workers or 1} worker(s), {len(batch.failed)} failed; "
+        f"true vessel volume {scanner.truth.total_volume_ml:.3f} ml; finished in {elapsed:.1f} s"
+    )
+    for failure in result.failures.itertuples():
+        print(f"FAILED {failure.recon} {failure.dose_mgy:g} mGy rep {failure.repetition}: {failure.error}")
+    return 0 if result.failures.empty else 1
