@@ -104,24 +104,3 @@ def test_bad_arguments_get_clear_errors(tmp_path, capsys, arguments, message):
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "bad" / "manifest.csv").exists()
-
-
-def test_demo_writes_montage_and_scene(tmp_path, monkeypatch):
-    pytest.importorskip("slicer", reason="the demo's scene bundle needs slicer-core")
-    from ImagInfoExtension import bridge
-
-    monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--out", "demo"]) == 0  # a relative path, as `make demo` gives
-    out = tmp_path / "demo"
-    manifest = pd.read_csv(out / "study" / "manifest.csv")
-    assert len(manifest) == 3 * 3 * 2
-    assert (out / "montage.png").stat().st_size > 10_000
-    scene = bridge.load_scene_bundle(out / "phantom_study.mrb")
-    volumes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-    assert volumes.GetNumberOfItems() == 9
-    segmentation = scene.GetNodesByClass("vtkMRMLSegmentationNode").GetItemAsObject(0)
-    assert segmentation.GetSegmentation().GetNumberOfSegments() == 9
-    # The bundle's volumes are the study's images, voxel for voxel.
-    node = next(volumes.GetItemAsObject(i) for i in range(9) if volumes.GetItemAsObject(i).GetName() == "DL_4mGy_rep1")
-    stored = read_image(out / "study" / "DL_4mGy_rep1.nrrd")
-    assert np.array_equal(sitk.GetArrayFromImage(bridge.sitk_from_volume_node(node)), sitk.GetArrayFromImage(stored))

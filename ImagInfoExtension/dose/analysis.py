@@ -194,7 +194,7 @@ def iso_metric_dose(
 
     The reference value is the mean over repetitions of ``reference_recon`` at
     ``reference_dose_mgy``. Each reconstruction's mean is interpolated linearly in
-    log(dose) (and log(value) for noise-like metrics, which follow a power law);
+    log(dose) and, for positive metrics, in log(value) (a power law is then exact);
     outside the measured doses the power-law fit extrapolates and the row says so.
     """
     values = _at_radius(long[long["metric"] == metric], radius_mm)
@@ -211,10 +211,13 @@ def iso_metric_dose(
         log_dose = np.log(group["dose_mgy"].to_numpy())
         value = group["value"].to_numpy()
         dose, method = np.nan, "no crossing"
+        # Positive metrics are interpolated in log-log, where a power law is a straight line.
+        positive = bool(np.all(value > 0) and target > 0)
+        scale = np.log if positive else (lambda v: v)
         for n in range(len(value) - 1):
             a, b = value[n], value[n + 1]
             if (a - target) * (b - target) <= 0 and a != b:
-                t = (target - a) / (b - a)
+                t = (scale(target) - scale(a)) / (scale(b) - scale(a))
                 dose, method = float(np.exp(log_dose[n] + t * (log_dose[n + 1] - log_dose[n]))), "interpolated"
                 break
         if not np.isfinite(dose) and len(value) >= 2 and np.all(value > 0) and target > 0:

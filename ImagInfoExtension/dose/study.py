@@ -115,7 +115,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     table["path"] = [str(p) if Path(str(p)).is_absolute() else str(path.parent / str(p)) for p in table["path"]]
     if "series_uid" not in table.columns:
         table["series_uid"] = ""
-    table["series_uid"] = table["series_uid"].fillna("").astype(str)
+    table["series_uid"] = [str(uid) if pd.notna(uid) else "" for uid in table["series_uid"]]
     return validate_study(table)
 
 

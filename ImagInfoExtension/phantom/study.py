@@ -148,7 +148,7 @@ def generate_study(
         recon = scanner.model.model_for(settings.recon)
         info = CTSeriesInfo(
             series_description=f"{settings.recon} {recon.description}, {settings.dose_mgy:g} mGy, "
-            f"repetition {settings.repetition}",
+            f"rep {settings.repetition}",
             ctdivol_mgy=settings.dose_mgy,
             convolution_kernel=recon.kernel,
             reconstruction_algorithm=recon.algorithm,

@@ -1,0 +1,283 @@
+"""The dose comparison: study grouping, batch engine, statistics, the command and the virtual study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ImagInfoExtension.batch import STATUS_FAILED, STATUS_OK, BatchCase, run_batch
+from ImagInfoExtension.cli import main
+from ImagInfoExtension.dose.analysis import (
+    fit_noise_power_law,
+    holm_correction,
+    iso_metric_dose,
+    welch_anova,
+)
+from ImagInfoExtension.dose.compare import IQ_COLUMNS
+from ImagInfoExtension.dose.study import (
+    ReconstructionRule,
+    classify_reconstruction,
+    read_manifest,
+    rules_to_json,
+    study_from_dicom,
+)
+from ImagInfoExtension.phantom.study import StudyRequest, generate_study
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+# --- statistics against known answers -------------------------------------------------
+
+
+def test_holm_matches_its_definition():
+    adjusted = holm_correction([0.01, 0.04, 0.03, np.nan, 0.005])
+    # Sorted: 0.005*4, 0.01*3, 0.03*2, 0.04*1 with running maximum.
+    np.testing.assert_allclose(adjusted[[4, 0, 2, 1]], [0.02, 0.03, 0.06, 0.06])
+    assert np.isnan(adjusted[3])
+
+
+def test_welch_anova_of_two_groups_is_welchs_t_test():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 7), rng.normal(1.2, 3, 9)
+    f, p = welch_anova([a, b])
+    t = stats.ttest_ind(a, b, equal_var=False)
+    assert f == pytest.approx(t.statistic**2)
+    assert p == pytest.approx(t.pvalue)
+
+
+def _synthetic_long(k_by_recon: dict[str, tuple[float, float]], doses=(0.2, 0.5, 1.0, 2.0, 4.0), reps=3, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for recon, (amplitude, k) in k_by_recon.items():
+        for dose in doses:
+            for rep in range(1, reps + 1):
+                value = amplitude * dose**-k * (1 + 0.01 * rng.standard_normal())
+                rows.append([recon, dose, rep, np.nan, "noise_sd_hu", value])
+    return pd.DataFrame(rows, columns=["recon", "dose_mgy", "repetition", "radius_mm", "metric", "value"])
+
+
+def test_power_law_fit_and_iso_noise_dose():
+    long = _synthetic_long({"FBP": (30.0, 0.5), "IR": (20.0, 0.5), "DL": (25.0, 0.3)})
+    fit = fit_noise_power_law(long).set_index("recon")
+    assert fit.loc["FBP", "k"] == pytest.approx(0.5, abs=0.01)
+    assert fit.loc["DL", "k"] == pytest.approx(0.3, abs=0.01)
+    assert fit.loc["IR", "k_ci_low"] < 0.5 < fit.loc["IR", "k_ci_high"]
+    iso = iso_metric_dose(long, "noise_sd_hu", "FBP", 4.0).set_index("recon")
+    # IR matches FBP's 15 HU at (20/15)^2 mGy.
+    assert iso.loc["IR", "iso_dose_mgy"] == pytest.approx((20 / 15) ** 2, rel=0.03)
+    assert iso.loc["FBP", "iso_dose_mgy"] == pytest.approx(4.0, rel=1e-6)
+    with pytest.raises(ValueError, match="choose a reference that was scanned"):
+        iso_metric_dose(long, "noise_sd_hu", "FBP", 3.0)
+
+
+# --- study definition -------------------------------------------------------------------
+
+
+def test_rules_classify_vendor_names():
+    rules = (
+        ReconstructionRule("DL", r"AiCE|TrueFidelity"),
+        ReconstructionRule("IR", r"AIDR|ASIR|ITERATIVE"),
+        ReconstructionRule("FBP", r"FBP|FILTER_BACK_PROJ"),
+    )
+    assert classify_reconstruction({"series_description": "Lung AiCE 1mm"}, rules) == "DL"
+    assert (
+        classify_reconstruction({"reconstruction_algorithm": "ITERATIVE", "series_description": "AIDR 3D"}, rules)
+        == "IR"
+    )
+    assert classify_reconstruction({"series_description": "Scout"}, rules) is None
+    with pytest.raises(ValueError, match="not a regular expression"):
+        ReconstructionRule("X", "(")
+    with pytest.raises(ValueError, match="unknown rule field"):
+        ReconstructionRule("X", "x", ("kernel",))
+
+
+def test_manifest_errors_name_the_fix(tmp_path):
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["a.nrrd"], "dose_mgy": [1.0], "recon": ["FBP"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="lacks the column.*repetition"):
+        read_manifest(path)
+    pd.DataFrame({"path": ["a", "b"], "dose_mgy": [1, 1], "recon": ["FBP", "FBP"], "repetition": [1, 1]}).to_csv(
+        path, index=False
+    )
+    with pytest.raises(ValueError, match="number the repetitions apart"):
+        read_manifest(path)
+    pd.DataFrame({"path": ["a"], "dose_mgy": [-1], "recon": ["FBP"], "repetition": [1]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="positive CTDIvol"):
+        read_manifest(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """1 dose x 3 reconstructions x 2 repetitions, NRRD and DICOM."""
+    folder = tmp_path_factory.mktemp("tiny_study")
+    request = StudyRequest(doses_mgy=(2.1,), repetitions=2, size="small", file_format="both")
+    generate_study(request, folder)
+    return folder
+
+
+def test_dicom_grouping_from_tags_alone_matches_the_manifest(tiny_study, tmp_path):
+    dicom = tiny_study / "dicom"
+    # A series no rule knows is listed, not dropped silently.
+    import shutil
+
+    import pydicom
+
+    stray = tmp_path / "dicom"
+    shutil.copytree(dicom, stray)
+    for path in (stray / "DL_2.1mGy_rep2").iterdir():
+        dataset = pydicom.dcmread(path)
+        dataset.SeriesDescription = "Localizer"
+        dataset.ConvolutionKernel = "UNKNOWN"
+        dataset.save_as(path)
+    study, unmatched = study_from_dicom(stray)
+    manifest = read_manifest(tiny_study / "manifest.csv")
+    expected = manifest[~((manifest["recon"] == "DL") & (manifest["repetition"] == 2))]
+    assert (
+        study[["recon", "dose_mgy", "repetition", "series_uid"]].values.tolist()
+        == expected[["recon", "dose_mgy", "repetition", "series_uid"]].values.tolist()
+    )
+    assert unmatched["reason"].tolist() == ["no reconstruction rule matched"]
+    # Editable rules: a rule for the localizer takes it in.
+    rules_file = tmp_path / "rules.json"
+    from ImagInfoExtension.dose.study import DEFAULT_RULES, rules_from_json
+
+    rules_file.write_text(rules_to_json((ReconstructionRule("DL", "Localizer"), *DEFAULT_RULES)))
+    study, unmatched = study_from_dicom(stray, rules_from_json(rules_file))
+    assert len(study) == 6 and unmatched.empty
+
+
+# --- batch engine -----------------------------------------------------------------------
+
+
+def _square_or_fail(payload: dict, parameters: dict) -> dict:
+    if payload["x"] < 0:
+        raise ValueError("negative input")
+    return {"y": payload["x"] ** 2 * parameters["scale"]}
+
+
+def test_batch_records_failures_and_skips_finished_cases(tmp_path):
+    cases = [BatchCase(f"case{x}", {"x": x}, {"x": x}) for x in (2, -1, 3)]
+    first = run_batch(_square_or_fail, cases, {"scale": 1}, tmp_path, workers=0)
+    assert [o.status for o in first.outcomes] == [STATUS_OK, STATUS_FAILED, STATUS_OK]
+    assert first.outcomes[1].error == "ValueError: negative input"
+    assert [o.result.get("y") for o in first.outcomes] == [4, None, 9]
+    again = run_batch(_square_or_fail, cases, {"scale": 1}, tmp_path, workers=0)
+    assert [o.from_cache for o in again.outcomes] == [True, False, True], "failed cases are retried"
+    changed = run_batch(_square_or_fail, cases, {"scale": 2}, tmp_path, workers=0)
+    assert not any(o.from_cache for o in changed.outcomes), "new parameters, new results"
+    assert changed.outcomes[2].result["y"] == 18
+
+
+def test_resumed_compare_after_a_kill_skips_finished_series(tiny_study, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ImagInfoExtension.cli", "compare", "--manifest", str(tiny_study / "manifest.csv")]
+    command += ["--out", str(out), "--workers", "0"]
+    process = subprocess.Popen(command, cwd=REPOSITORY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list((out / "cases").glob("*.json"))) < 2:
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    finished = {p: p.stat().st_mtime_ns for p in (out / "cases").glob("*.json")}
+    assert 2 <= len(finished) < 6, "killed part-way"
+    assert not (out / "report.html").exists()
+    assert main(["compare", "--manifest", str(tiny_study / "manifest.csv"), "--out", str(out), "--workers", "0"]) == 0
+    for path, stamp in finished.items():
+        assert path.stat().st_mtime_ns == stamp, f"{path.name} was computed again"
+        assert json.loads(path.read_text())["status"] == "ok"
+    assert len(list((out / "cases").glob("*.json"))) == 6
+    iq = pd.read_csv(out / "iq_metrics.csv")
+    assert len(iq) == 6 and iq["noise_sd_hu"].notna().all()
+
+
+# --- the virtual study (make demo) -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    pytest.importorskip("slicer", reason="the demo's scene bundle needs slicer-core")
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "comparison" / "summary.csv")
+    return out, summary
+
+
+def _means(summary: pd.DataFrame, metric: str, radius_mm: float | None) -> pd.DataFrame:
+    rows = summary[summary["metric"] == metric]
+    rows = rows[rows["radius_mm"].isna()] if radius_mm is None else rows[np.isclose(rows["radius_mm"], radius_mm)]
+    return rows.pivot(index="recon", columns="dose_mgy", values="mean")
+
+
+def test_demo_writes_the_contract(demo):
+    out, _ = demo
+    comparison = out / "comparison"
+    long = pd.read_csv(comparison / "results_long.csv")
+    assert list(long.columns) == ["recon", "dose_mgy", "repetition", "radius_mm", "metric", "value"]
+    assert long.loc[long["metric"] == "total_volume_ml", "radius_mm"].isna().all()
+    iq = pd.read_csv(comparison / "iq_metrics.csv")
+    assert list(iq.columns) == IQ_COLUMNS and len(iq) == 30
+    assert (
+        iq[["noise_sd_hu", "nps_fpeak_per_mm", "ttf50_per_mm", "cnr", "dprime_npw", "dprime_npwe"]].notna().all().all()
+    )
+    for metric in ("mpv_hu", "iqr_hu", "total_volume_ml", "noise_sd_hu", "nps_fpeak_per_mm", "ttf50_per_mm"):
+        table = pd.read_csv(comparison / f"table_{metric}.csv", index_col=0)
+        assert table.index.tolist() == ["FBP", "IR", "DL"] and table.shape[1] == 5
+        assert all("±" in cell for cell in table.to_numpy().ravel())
+    for plot in ("metrics_vs_dose", "nps_curves", "ttf_curves", "accuracy_vs_radius"):
+        assert (comparison / f"{plot}.png").stat().st_size > 10_000 and (comparison / f"{plot}.svg").exists()
+    assert (comparison / "tables.xlsx").stat().st_size > 5_000
+    report = (comparison / "report.html").read_text()
+    assert "reconstructions are modelled noise and blur" in report and "not the vendors" in report
+    assert report.count("data:image/png;base64") == 4 and "Holm" in report and "series_uid" in report
+    from ImagInfoExtension import bridge
+
+    scene = bridge.load_scene_bundle(out / "phantom_study.mrb")
+    assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 15
+
+
+def test_virtual_study_iqr_trends(demo):
+    _, summary = demo
+    iqr = _means(summary, "iqr_hu", 3.0)
+    for recon in ("FBP", "IR", "DL"):
+        assert np.all(np.diff(iqr.loc[recon].to_numpy()) < 0), f"{recon} IQR falls with dose: {iqr.loc[recon]}"
+    assert np.all(iqr.loc["IR"] < iqr.loc["FBP"]), "IR IQR < FBP IQR at every dose"
+
+
+def test_virtual_study_dl_volume_is_highest_from_half_a_milligray(demo):
+    _, summary = demo
+    volume = _means(summary, "total_volume_ml", None)
+    for dose in [d for d in volume.columns if d >= 0.5]:
+        assert volume[dose].idxmax() == "DL", volume[dose]
+
+
+@pytest.mark.xfail(strict=True, reason="not reproduced yet: our pipeline loses no IR vessels at 1 mGy (see README)")
+def test_virtual_study_ir_volume_rises_with_dose(demo):
+    _, summary = demo
+    assert np.all(np.diff(_means(summary, "total_volume_ml", None).loc["IR"].to_numpy()) > 0)
+
+
+@pytest.mark.xfail(strict=True, reason="not reproduced yet: our pipeline rejects FBP noise at 0.2 mGy (see README)")
+def test_virtual_study_fbp_noise_adds_volume_at_lowest_dose(demo):
+    _, summary = demo
+    volume = _means(summary, "total_volume_ml", None)
+    assert volume.loc["FBP", 0.2] > volume.loc["FBP", 4.0]
+
+
+def test_virtual_study_noise_follows_a_power_law(demo):
+    out, _ = demo
+    fit = pd.read_csv(out / "comparison" / "statistics_noise_power_law.csv")
+    fbp = fit[(fit["recon"] == "FBP") & (fit["metric"] == "noise_sd_hu")].iloc[0]
+    # Quantum noise alone gives k = 0.5; electronic noise steepens it at low dose.
+    assert 0.3 < fbp["k"] < 0.8 and fbp["r_squared"] > 0.9
