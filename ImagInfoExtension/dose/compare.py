@@ -50,6 +50,7 @@ class ComparisonResult:
         Series that could not be measured, with the error.
     files : dict of str to Path
     batch : BatchSummary
+    parameters : ComparisonParameters
     """
 
     long: pd.DataFrame
@@ -61,6 +62,7 @@ class ComparisonResult:
     failures: pd.DataFrame
     files: dict
     batch: BatchSummary
+    parameters: ComparisonParameters
 
 
 def series_name(row) -> str:
@@ -174,7 +176,7 @@ def compare_study(
         statistics["iso_dose"] = pd.DataFrame([{"note": str(error)}])
     from ImagInfoExtension.dose.report import write_comparison_outputs
 
-    result = ComparisonResult(long, iq, summary, tables, statistics, curves, failure_table, {}, batch)
+    result = ComparisonResult(long, iq, summary, tables, statistics, curves, failure_table, {}, batch, parameters)
     result.files = write_comparison_outputs(result, study, parameters, out_dir, truth_path, virtual)
     return result
 

@@ -8,7 +8,6 @@ self-test.
 
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -223,51 +222,6 @@ class ImagInfoVesselPhantomWidget(ScriptedLoadableModuleWidget):
 #
 
 
-class VesselJob:
-    """A quantification running on a worker thread.
-
-    ``progress`` is ``(done, total, message)``; ``cancel()`` stops the run at its next
-    progress report. The worker never touches the scene: outputs are created from
-    ``result`` on the main thread, so a cancelled or failed run leaves the scene as it was.
-    """
-
-    def __init__(self, run) -> None:
-        self.progress = (0, 100, _("starting"))
-        self.result = None
-        self.error = None
-        self.cancelled = False
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(run,), daemon=True)
-        self._thread.start()
-
-    def _report(self, done: int, total: int, message: str) -> None:
-        from ImagInfoExtension.vessels import QuantificationCancelledError
-
-        self.progress = (done, total, message)
-        if self._cancel.is_set():
-            raise QuantificationCancelledError("cancelled by the user")
-
-    def _work(self, run) -> None:
-        from ImagInfoExtension.vessels import QuantificationCancelledError
-
-        try:
-            self.result = run(self._report)
-        except QuantificationCancelledError:
-            self.cancelled = True
-        except Exception as error:  # reported to the GUI, which shows it
-            self.error = error
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> "VesselJob":
-        self._thread.join(timeout)
-        return self
-
-
 class ImagInfoVesselPhantomLogic(ScriptedLoadableModuleLogic):
     """Vessel quantification on MRML nodes.
 
@@ -400,7 +354,7 @@ class ImagInfoVesselPhantomLogic(ScriptedLoadableModuleLogic):
         region = self.maskFrom(volumeNode, roi, mask)
         settings = VesselParameters(**parameters)
 
-        def run(progress=None):
+        def run(progress=None, cancel=None):
             return quantify_vessels(
                 image, truth=vesselTruth, mask=region, radii_mm=radii_mm, parameters=settings, progress=progress
             )
@@ -437,8 +391,10 @@ class ImagInfoVesselPhantomLogic(ScriptedLoadableModuleLogic):
         return self._prepare(volumeNode, truth, roi, mask, radii_mm, **parameters)(progress)
 
     def startQuantification(self, volumeNode, truth=None, roi=None, mask=None, radii_mm=None, **parameters):
-        """Start :meth:`quantify` on a worker thread; returns a :class:`VesselJob`."""
-        return VesselJob(self._prepare(volumeNode, truth, roi, mask, radii_mm, **parameters))
+        """Start :meth:`quantify` on a worker thread; returns an ``ImagInfoExtension.batch.BackgroundJob``."""
+        from ImagInfoExtension.batch import BackgroundJob
+
+        return BackgroundJob(self._prepare(volumeNode, truth, roi, mask, radii_mm, **parameters))
 
     # Outputs ------------------------------------------------------------------------
 
