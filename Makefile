@@ -35,6 +35,7 @@ test: $(STAMP_TEST)
 bench: $(STAMP_CORE)
 	$(PY) benchmarks/bench_phantom.py
 	$(PY) benchmarks/bench_vessels.py
+	$(PY) benchmarks/bench_batch.py
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .

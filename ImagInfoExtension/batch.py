@@ -165,6 +165,12 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+#: Cases allocate and free image-sized arrays. Dask's default trim threshold (64 KiB)
+#: hands each back to the kernel, and faulting the pages in again costs about 10% of a
+#: case; keeping up to 1 GiB of freed heap per worker avoids that.
+WORKER_ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+
+
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -178,6 +184,7 @@ def run_batch(
     scheduler: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    threads_per_case: int | None = None,
 ) -> BatchSummary:
     """Run ``job`` on every case; return every case's outcome in the order given.
 
@@ -200,6 +207,9 @@ def run_batch(
         ``progress(done, total, message)`` after each case.
     cancel : threading.Event, optional
         When set, cases not yet finished are cancelled; finished ones stay recorded.
+    threads_per_case : int, optional
+        SimpleITK threads of each local worker; by default the cores shared out among
+        the workers.
     """
     started = time.perf_counter()
     names = [c.name for c in cases]
@@ -236,13 +246,15 @@ def run_batch(
                 break
             finish(run_case(job, case, parameters, records[case.name]))
     elif pending:
-        worker_count = _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, finish)
+        worker_count = _run_on_dask(
+            job, pending, parameters, records, workers, scheduler, cancel, finish, threads_per_case
+        )
     for case in cases:
         outcomes.setdefault(case.name, CaseOutcome(case.name, STATUS_CANCELLED, {}, "cancelled before it finished"))
     return BatchSummary([outcomes[c.name] for c in cases], worker_count, round(time.perf_counter() - started, 3))
 
 
-def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, finish) -> int:
+def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, finish, threads_per_case) -> int:
     import logging
 
     from distributed import Client, LocalCluster, as_completed
@@ -256,9 +268,10 @@ def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, 
             processes=True,
             dashboard_address=None,
             silence_logs=logging.ERROR,
+            env=WORKER_ENVIRONMENT,
         )
         client = Client(cluster)
-        threads = max(1, default_workers() // workers)
+        threads = threads_per_case or max(1, default_workers() // workers)
     else:
         client = Client(scheduler)
         workers = len(client.scheduler_info()["workers"])

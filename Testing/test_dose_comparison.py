@@ -200,6 +200,19 @@ def test_resumed_compare_after_a_kill_skips_finished_series(tiny_study, tmp_path
     assert len(list((out / "cases").glob("*.json"))) == 6
     iq = pd.read_csv(out / "iq_metrics.csv")
     assert len(iq) == 6 and iq["noise_sd_hu"].notna().all()
+    assert len(list((out / "series").glob("*/per_radius.csv"))) == 6
+
+    # A broken series is recorded, the others go on (here straight from the cache).
+    manifest = pd.read_csv(tiny_study / "manifest.csv")
+    (tmp_path / "broken.nrrd").write_text("not an image")
+    broken = {"path": str(tmp_path / "broken.nrrd"), "dose_mgy": 4.0, "recon": "FBP", "repetition": 1}
+    pd.concat([manifest.assign(path=[str(tiny_study / p) for p in manifest["path"]]), pd.DataFrame([broken])]).to_csv(
+        tmp_path / "with_broken.csv", index=False
+    )
+    assert main(["compare", "--manifest", str(tmp_path / "with_broken.csv"), "--out", str(out), "--workers", "0"]) == 1
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["path"].tolist() == [broken["path"]] and "could not be read" in failures.loc[0, "error"]
+    assert len(pd.read_csv(out / "iq_metrics.csv")) == 6
 
 
 # --- the virtual study (make demo) -----------------------------------------------------

@@ -299,22 +299,3 @@ def test_vessels_command_refuses_bad_input(small_cylinders, tmp_path, capsys):
     arguments = ["vessels", str(folder / "image.nrrd"), "--mask", str(tmp_path / "mask.nrrd"), "--out", str(out)]
     _expect_error(capsys, arguments, "mask's geometry")
     assert not out.exists(), "a refused run must not leave outputs"
-
-
-def test_batch_goes_on_past_a_failed_acquisition(small_cylinders, tmp_path):
-    from ImagInfoExtension.vessels.batch import quantify_study
-
-    folder, image = small_cylinders
-    study = tmp_path / "study"
-    study.mkdir()
-    write_image(image, study / "good.nrrd")
-    (study / "broken.nrrd").write_text("not an image")
-    pd.DataFrame(
-        {"path": ["broken.nrrd", "good.nrrd"], "dose_mgy": [1.0, 1.0], "recon": ["FBP", "FBP"], "repetition": [1, 1]}
-    ).to_csv(study / "manifest.csv", index=False)
-    summary = quantify_study(study, tmp_path / "out")
-    assert summary["status"].tolist() == ["failed", "ok"]
-    assert "could not be read" in summary.loc[0, "error"]
-    assert (tmp_path / "out" / "good" / "per_radius.csv").exists()
-    assert not (tmp_path / "out" / "broken").exists()
-    assert (tmp_path / "out" / "study_vessels.csv").exists()

@@ -79,6 +79,7 @@ def compare_study(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     virtual: bool = False,
+    threads_per_case: int | None = None,
 ) -> ComparisonResult:
     """Measure every series of a study and write the comparison to ``out_dir``.
 
@@ -94,7 +95,7 @@ def compare_study(
     parameters : ComparisonParameters, optional
     truth : path, optional
         The phantom design (``truth.json``) for detection and radius accuracy.
-    workers, scheduler : see :func:`ImagInfoExtension.batch.run_batch`.
+    workers, scheduler, threads_per_case : see :func:`ImagInfoExtension.batch.run_batch`.
     progress : callable, optional
     cancel : threading.Event, optional
     virtual : bool
@@ -126,6 +127,7 @@ def compare_study(
         scheduler=scheduler,
         progress=progress,
         cancel=cancel,
+        threads_per_case=threads_per_case,
     )
     if batch.cancelled:
         raise InterruptedError(
@@ -211,6 +213,9 @@ def write_table_files(result: ComparisonResult, out_dir: Path) -> dict[str, Path
         csv(f"statistics_{name}", table)
     if not result.failures.empty:
         csv("failures", result.failures)
+    else:
+        # A failure list left by an earlier run would now be false.
+        (out_dir / "failures.csv").unlink(missing_ok=True)
     try:
         import openpyxl  # noqa: F401
     except ImportError:
