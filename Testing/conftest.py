@@ -35,3 +35,21 @@ def small_scanner():
     from ImagInfoExtension.phantom import VirtualScanner
 
     return VirtualScanner(size="small")
+
+
+@pytest.fixture(scope="module")
+def module(request):
+    """The scripted module named by the test file's ``MODULE_NAME``, loaded under the harness."""
+    pytest.importorskip("slicer", reason="module tests need the slicer-core wheel (pip install imaginfo[slicer-core])")
+    from test_slicer_modules import _load_module_source
+
+    return _load_module_source(REPOSITORY / "Modules" / "Scripted" / request.module.MODULE_NAME)
+
+
+@pytest.fixture
+def slicer_scene(module):
+    """``slicer`` with an empty scene."""
+    import slicer
+
+    slicer.mrmlScene.Clear(0)
+    return slicer

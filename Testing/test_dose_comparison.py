@@ -294,3 +294,20 @@ def test_virtual_study_noise_follows_a_power_law(demo):
     fbp = fit[(fit["recon"] == "FBP") & (fit["metric"] == "noise_sd_hu")].iloc[0]
     # Quantum noise alone gives k = 0.5; electronic noise steepens it at low dose.
     assert 0.3 < fbp["k"] < 0.8 and fbp["r_squared"] > 0.9
+
+
+def test_compare_on_dicom_grouped_from_tags_equals_the_nrrd_measurements(tiny_study, tmp_path):
+    from ImagInfoExtension.dose.measure import measure_series
+
+    out = tmp_path / "dicom_out"
+    assert main(["compare", str(tiny_study / "dicom"), "--out", str(out), "--workers", "0"]) == 0
+    iq = pd.read_csv(out / "iq_metrics.csv")
+    manifest = read_manifest(tiny_study / "manifest.csv")
+    assert sorted(map(tuple, iq[["recon", "dose_mgy", "repetition"]].values.tolist())) == sorted(
+        map(tuple, manifest[["recon", "dose_mgy", "repetition"]].values.tolist())
+    )
+    # The DICOM series holds the NRRD's voxels and geometry, so every number agrees.
+    nrrd = measure_series({"path": str(tiny_study / "IR_2.1mGy_rep2.nrrd")}, {})
+    row = iq[(iq["recon"] == "IR") & (iq["repetition"] == 2)].iloc[0]
+    for metric in ("noise_sd_hu", "nps_fpeak_per_mm", "ttf50_per_mm", "dprime_npw"):
+        assert row[metric] == pytest.approx(nrrd["iq"][metric], rel=1e-5), metric  # CSV keeps 6 digits

@@ -11,22 +11,7 @@ import pytest
 
 pytest.importorskip("slicer", reason="module tests need the slicer-core wheel (pip install imaginfo[slicer-core])")
 
-MODULE_DIR = Path(__file__).resolve().parent.parent / "Modules" / "Scripted" / "ImagInfoVesselPhantom"
-
-
-@pytest.fixture(scope="module")
-def module():
-    from test_slicer_modules import _load_module_source
-
-    return _load_module_source(MODULE_DIR)
-
-
-@pytest.fixture
-def slicer_scene(module):
-    import slicer
-
-    slicer.mrmlScene.Clear(0)
-    return slicer
+MODULE_NAME = "ImagInfoVesselPhantom"
 
 
 def test_module_self_test_passes(module, slicer_scene):
