@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ImagInfoExtension.io import write_atomically
+from ImagInfoExtension import ProgressCallback
+from ImagInfoExtension.io import json_default, write_atomically
 
 Job = Callable[[dict, dict], dict]
-ProgressCallback = Callable[[int, int, str], None]
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -148,21 +148,9 @@ def run_case(job: Job, case: BatchCase, parameters: dict, record_path: str, thre
         }
     record["runtime_s"] = round(time.perf_counter() - started, 3)
     record["identity"] = case.identity
-    text = json.dumps(record, default=_json_default)
+    text = json.dumps(record, default=json_default)
     write_atomically(Path(record_path), lambda p: p.write_text(text))
     return record
-
-
-def _json_default(value: object) -> object:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, tuple | set):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 #: Cases allocate and free image-sized arrays. Dask's default trim threshold (64 KiB)

@@ -52,6 +52,17 @@ def read_image(path: str | Path) -> sitk.Image:
     return image
 
 
+def json_default(value: object) -> object:
+    """``json.dumps(..., default=json_default)``: numpy scalars and arrays, tuples and sets."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple | set):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
     """Write an image; the format follows the suffix (.nrrd, .nii.gz, .mha)."""
     path = Path(path)

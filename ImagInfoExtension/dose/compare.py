@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ImagInfoExtension.batch import BatchCase, BatchSummary, ProgressCallback, file_identity, run_batch
+from ImagInfoExtension import ProgressCallback
+from ImagInfoExtension.batch import BatchCase, BatchSummary, file_identity, run_batch
 from ImagInfoExtension.dose.analysis import (
     LONG_COLUMNS,
     TABLE_METRICS,
@@ -184,10 +185,10 @@ def compare_study(
 
 
 def provenance(study: pd.DataFrame, parameters: ComparisonParameters, truth: str | None) -> dict:
-    from ImagInfoExtension.vessels.quantify import _software_versions
+    from ImagInfoExtension.vessels.quantify import software_versions
 
     return {
-        "software": _software_versions(),
+        "software": software_versions(),
         "parameters": asdict(parameters),
         "truth": truth,
         "inputs": study[["path", "series_uid", "recon", "dose_mgy", "repetition"]].to_dict("records"),
@@ -236,8 +237,7 @@ def write_table_files(result: ComparisonResult, out_dir: Path) -> dict[str, Path
     return files
 
 
-def write_provenance(study: pd.DataFrame, parameters: ComparisonParameters, truth: str | None, out_dir: Path) -> Path:
+def write_provenance(document: dict, out_dir: Path) -> Path:
     path = out_dir / "provenance.json"
-    document = provenance(study, parameters, truth)
     write_atomically(path, lambda p: p.write_text(json.dumps(document, indent=1, default=str)))
     return path

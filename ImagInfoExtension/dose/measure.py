@@ -186,7 +186,7 @@ def measure_image_quality(
     else:
         centres, radius = edge
         try:
-            ttf = task_transfer_function(np.asarray(array, dtype=np.float32), spacing, centres, radius)
+            ttf = task_transfer_function(array, spacing, centres, radius)
             metrics["ttf50_per_mm"] = ttf.ttf50_per_mm
             metrics["ttf10_per_mm"] = ttf.ttf10_per_mm
             metrics["ttf_edge_radius_mm"] = ttf.edge_radius_mm

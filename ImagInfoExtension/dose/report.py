@@ -182,13 +182,11 @@ def write_report(
     parameters: ComparisonParameters,
     plots: dict[str, Path],
     out_dir: Path,
-    truth: str | None,
+    source: dict,
     virtual: bool,
 ) -> Path:
-    """``report.html``: tables, plots, statistics and provenance, images embedded."""
-    from ImagInfoExtension.dose.compare import provenance
-
-    source = provenance(study, parameters, truth)
+    """``report.html``: tables, plots, statistics and provenance (``source``), images embedded."""
+    truth = source["truth"]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>ImagInfo dose comparison</title>",
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
@@ -252,7 +250,7 @@ def write_comparison_outputs(
     truth: str | None,
     virtual: bool,
 ) -> dict[str, Path]:
-    from ImagInfoExtension.dose.compare import write_provenance, write_table_files
+    from ImagInfoExtension.dose.compare import provenance, write_provenance, write_table_files
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_table_files(result, out_dir)
@@ -262,6 +260,7 @@ def write_comparison_outputs(
     plots.update(plot_curves(result, "ttf", out_dir))
     plots.update(plot_accuracy_against_radius(result, out_dir))
     files.update(plots)
-    files["provenance"] = write_provenance(study, parameters, truth, out_dir)
-    files["report"] = write_report(result, study, parameters, plots, out_dir, truth, virtual)
+    source = provenance(study, parameters, truth)
+    files["provenance"] = write_provenance(source, out_dir)
+    files["report"] = write_report(result, study, parameters, plots, out_dir, source, virtual)
     return files

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from ImagInfoExtension import ProgressCallback
 from ImagInfoExtension.io import CTSeriesInfo, study_uids, write_atomically, write_ct_series, write_image
 from ImagInfoExtension.phantom.acquisition import AcquisitionCalibration, AcquisitionModel, AcquisitionSettings
 from ImagInfoExtension.phantom.scanner import PHANTOM_SIZES, VirtualScanner
@@ -19,8 +20,6 @@ PUBLISHED_DOSES_MGY: tuple[float, ...] = (0.2, 0.5, 1.0, 2.1, 4.0)
 PUBLISHED_RECONS: tuple[str, ...] = ("FBP", "IR", "DL")
 FORMATS = ("nrrd", "dicom", "both")
 MANIFEST_COLUMNS = ["path", "dose_mgy", "recon", "repetition", "series_uid"]
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)

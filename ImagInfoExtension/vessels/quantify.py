@@ -18,9 +18,9 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy.spatial import cKDTree
 
-from ImagInfoExtension import __version__
+from ImagInfoExtension import ProgressCallback, __version__
 from ImagInfoExtension.geometry import ImageGrid
-from ImagInfoExtension.io import write_atomically, write_image
+from ImagInfoExtension.io import json_default, write_atomically, write_image
 from ImagInfoExtension.phantom.design import DEFAULT_RADII_MM
 from ImagInfoExtension.vessels.centerlines import (
     METHOD_DISTANCE,
@@ -32,7 +32,7 @@ from ImagInfoExtension.vessels.centerlines import (
 from ImagInfoExtension.vessels.graphcut import GraphCutParameters, graph_cut_segmentation
 from ImagInfoExtension.vessels.region import find_holder_cavity
 from ImagInfoExtension.vessels.truth import VesselTruth, register_truth_to_image
-from ImagInfoExtension.vessels.vesselness import ProgressCallback, VesselnessParameters, scales_for_radii, vesselness
+from ImagInfoExtension.vessels.vesselness import VesselnessParameters, scales_for_radii, vesselness
 
 #: Columns of the per-radius table, always present.
 BASE_COLUMNS = ("radius_mm", "n_voxels", "volume_ml", "mpv_hu", "iqr_hu")
@@ -271,7 +271,7 @@ def _check_truth_inside(truth: VesselTruth, grid: ImageGrid) -> float:
     return float(truth.weight_mm[inside].sum() / truth.weight_mm.sum())
 
 
-def _software_versions() -> dict[str, str]:
+def software_versions() -> dict[str, str]:
     import scipy
     import skimage
 
@@ -471,7 +471,7 @@ def quantify_vessels(
             "unresolved": int((centerlines.method == 0).sum()),
         },
         "truth": truth_summary,
-        "software": _software_versions(),
+        "software": software_versions(),
         "image": {"size_ijk": list(grid.size_ijk), "spacing_mm": list(grid.spacing_mm)},
     }
     result = VesselQuantification(
@@ -521,14 +521,6 @@ def write_results(result: VesselQuantification, out_dir: str | Path) -> dict[str
     write_atomically(paths["labels"], lambda p: write_image(result.grid.to_sitk(result.labels), p))
     write_atomically(paths["centerlines"], lambda p: p.write_text(json.dumps(centerlines)))
     write_atomically(
-        paths["summary"], lambda p: p.write_text(json.dumps(result.summary, indent=1, default=_json_default))
+        paths["summary"], lambda p: p.write_text(json.dumps(result.summary, indent=1, default=json_default))
     )
     return paths
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple | set):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

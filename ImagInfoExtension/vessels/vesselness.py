@@ -8,16 +8,16 @@ skipped there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from ImagInfoExtension import ProgressCallback
+
 #: Gaussian kernels are cut at this many standard deviations.
 GAUSSIAN_TRUNCATE = 3.0
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
