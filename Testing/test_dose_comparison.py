@@ -318,3 +318,15 @@ def test_compare_on_dicom_grouped_from_tags_equals_the_nrrd_measurements(tiny_st
     row = iq[(iq["recon"] == "IR") & (iq["repetition"] == 2)].iloc[0]
     for metric in ("noise_sd_hu", "nps_fpeak_per_mm", "ttf50_per_mm", "dprime_npw"):
         assert row[metric] == pytest.approx(nrrd["iq"][metric], rel=1e-5), metric  # CSV keeps 6 digits
+
+
+def test_batch_runs_on_an_existing_dask_scheduler(tmp_path):
+    from distributed import LocalCluster
+
+    cases = [BatchCase(f"case{x}", {"x": x}, {"x": x}) for x in (2, -1, 3)]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        summary = run_batch(_square_or_fail, cases, {"scale": 3}, tmp_path, scheduler=cluster.scheduler_address)
+    assert summary.workers == 2
+    assert [o.status for o in summary.outcomes] == [STATUS_OK, STATUS_FAILED, STATUS_OK]
+    assert [o.result.get("y") for o in summary.outcomes] == [12, None, 27]
+    assert len(list(tmp_path.glob("*.json"))) == 3
