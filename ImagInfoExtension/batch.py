@@ -265,8 +265,9 @@ def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, 
         workers = len(client.scheduler_info()["workers"])
         threads = 0
     try:
-        futures = [
-            client.submit(
+        names = {}
+        for case in pending:
+            future = client.submit(
                 run_case,
                 job,
                 case,
@@ -276,8 +277,8 @@ def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, 
                 key=Path(records[case.name]).stem,
                 pure=False,
             )
-            for case in pending
-        ]
+            names[future] = case.name
+        futures = list(names)
         stop = threading.Event()
         if cancel is not None:
 
@@ -297,10 +298,9 @@ def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, 
                 except Exception as error:  # noqa: BLE001 - a lost worker fails its case, not the batch
                     if cancel is not None and cancel.is_set():
                         continue
-                    name = next(c.name for c in pending if Path(records[c.name]).stem == future.key)
                     finish(
                         {
-                            "name": name,
+                            "name": names[future],
                             "status": STATUS_FAILED,
                             "result": {},
                             "error": f"{type(error).__name__}: {error}",

@@ -38,10 +38,15 @@ def recon_order(recons) -> list[str]:
     return sorted(set(recons), key=lambda r: (RECON_ORDER.index(r) if r in RECON_ORDER else len(RECON_ORDER), r))
 
 
-def _at_radius(long: pd.DataFrame, radius_mm: float | None) -> pd.DataFrame:
+def rows_at_radius(table: pd.DataFrame, metric: str, radius_mm: float | None) -> pd.DataFrame:
+    """Rows of ``metric`` at ``radius_mm`` (None: the whole-image rows, whose radius is empty).
+
+    Works on ``results_long`` and on the aggregated summary alike.
+    """
+    rows = table[table["metric"] == metric]
     if radius_mm is None:
-        return long[long["radius_mm"].isna()]
-    return long[np.isclose(long["radius_mm"].astype(float), radius_mm)]
+        return rows[rows["radius_mm"].isna()]
+    return rows[np.isclose(rows["radius_mm"].astype(float), radius_mm)]
 
 
 def aggregate(long: pd.DataFrame) -> pd.DataFrame:
@@ -65,8 +70,7 @@ def published_table(
     summary: pd.DataFrame, metric: str, radius_mm: float | None, recons: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """Rows are reconstructions, columns doses (mGy), cells "mean ± sd"."""
-    rows = summary[summary["metric"] == metric]
-    rows = rows[rows["radius_mm"].isna()] if radius_mm is None else rows[np.isclose(rows["radius_mm"], radius_mm)]
+    rows = rows_at_radius(summary, metric, radius_mm)
     doses = sorted(rows["dose_mgy"].unique())
     recons = list(recons) if recons else sorted(rows["recon"].unique())
     table = pd.DataFrame(index=pd.Index(recons, name="recon"), columns=[f"{d:g} mGy" for d in doses], dtype=object)
@@ -158,7 +162,7 @@ def fit_noise_power_law(
     Returns k with its standard error and 95% interval, A and R².
     """
     rows = []
-    values = _at_radius(long[long["metric"] == metric], radius_mm)
+    values = rows_at_radius(long, metric, radius_mm)
     for recon, group in values.groupby("recon"):
         group = group[group["value"] > 0]
         if group["dose_mgy"].nunique() < 2:
@@ -197,7 +201,7 @@ def iso_metric_dose(
     log(dose) and, for positive metrics, in log(value) (a power law is then exact);
     outside the measured doses the power-law fit extrapolates and the row says so.
     """
-    values = _at_radius(long[long["metric"] == metric], radius_mm)
+    values = rows_at_radius(long, metric, radius_mm)
     means = values.groupby(["recon", "dose_mgy"])["value"].mean().reset_index()
     reference = means[(means["recon"] == reference_recon) & np.isclose(means["dose_mgy"], reference_dose_mgy)]
     if reference.empty:

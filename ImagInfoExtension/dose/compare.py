@@ -204,8 +204,7 @@ def write_table_files(result: ComparisonResult, out_dir: Path) -> dict[str, Path
         write_atomically(path, lambda p: table.to_csv(p, index=index, float_format="%.6g"))
         files[name] = path
 
-    long = result.long.copy()
-    csv("results_long", long)
+    csv("results_long", result.long)
     csv("iq_metrics", result.iq)
     csv("summary", result.summary)
     for metric, table in result.tables.items():

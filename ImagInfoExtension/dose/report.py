@@ -71,17 +71,14 @@ def _save(fig, out_dir: Path, name: str) -> dict[str, Path]:
 
 def plot_metrics_against_dose(result: ComparisonResult, parameters: ComparisonParameters, out_dir: Path) -> dict:
     """One panel per tabulated metric: mean ± SD against dose (log axis), a line per reconstruction."""
-    from ImagInfoExtension.dose.analysis import TABLE_METRICS
+    from ImagInfoExtension.dose.analysis import TABLE_METRICS, rows_at_radius
 
     plt = _figure()
     metrics = [*TABLE_METRICS, ("dprime_npwe", False)]
     fig, axes = plt.subplots(2, 4, figsize=(15, 7))
     summary = result.summary
     for ax, (metric, per_radius) in zip(axes.ravel(), metrics, strict=False):
-        rows = summary[summary["metric"] == metric]
-        rows = (
-            rows[np.isclose(rows["radius_mm"], parameters.radius_mm)] if per_radius else rows[rows["radius_mm"].isna()]
-        )
+        rows = rows_at_radius(summary, metric, parameters.radius_mm if per_radius else None)
         for recon, group in rows.groupby("recon"):
             group = group.sort_values("dose_mgy")
             colour = RECON_COLOURS.get(recon)

@@ -251,6 +251,12 @@ def study_from_dicom(
             + "; ".join(sorted({u["reason"] for u in unmatched}) or ["no CT series found"])
             + "); check the folder or edit the reconstruction rules"
         )
-    study = pd.DataFrame(rows).sort_values(["recon", "dose_mgy", "acquisition_time", "series_number"])
-    study["repetition"] = study.groupby(["recon", "dose_mgy"]).cumcount() + 1
+    study = number_repetitions(pd.DataFrame(rows), ("acquisition_time", "series_number"))
     return validate_study(study), unmatched_table
+
+
+def number_repetitions(series: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """Number the series of each (reconstruction, dose) 1, 2, ... in the given column order."""
+    study = series.sort_values(["recon", "dose_mgy", *order])
+    study["repetition"] = study.groupby(["recon", "dose_mgy"]).cumcount() + 1
+    return study

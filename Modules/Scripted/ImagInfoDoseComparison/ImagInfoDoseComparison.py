@@ -240,7 +240,12 @@ class ImagInfoDoseComparisonLogic(ScriptedLoadableModuleLogic):
         """A study from series of Slicer's DICOM database, grouped from their tags."""
         import pandas as pd
 
-        from ImagInfoExtension.dose.study import DEFAULT_RULES, classify_reconstruction, validate_study
+        from ImagInfoExtension.dose.study import (
+            DEFAULT_RULES,
+            classify_reconstruction,
+            number_repetitions,
+            validate_study,
+        )
 
         database = slicer.dicomDatabase
         tags = {
@@ -266,9 +271,7 @@ class ImagInfoDoseComparisonLogic(ScriptedLoadableModuleLogic):
             rows.append({**row, "dose_mgy": float(value["dose"]), "recon": recon, "time": value["time"]})
         if not rows:
             raise ValueError("none of the selected series has a CTDIvol and a recognised reconstruction")
-        study = pd.DataFrame(rows).sort_values(["recon", "dose_mgy", "time"])
-        study["repetition"] = study.groupby(["recon", "dose_mgy"]).cumcount() + 1
-        return validate_study(study), pd.DataFrame(unmatched)
+        return validate_study(number_repetitions(pd.DataFrame(rows), ("time",))), pd.DataFrame(unmatched)
 
     def studyTableNode(self, study, tableNode=None):
         """Show a study in an editable table node (created when not given)."""
@@ -405,9 +408,8 @@ class ImagInfoDoseComparisonLogic(ScriptedLoadableModuleLogic):
 
         Everything is built first and removed again on failure, so no half-made nodes remain.
         """
-        import numpy as np
-
         from ImagInfoExtension import bridge
+        from ImagInfoExtension.dose.analysis import rows_at_radius
 
         scene = slicer.mrmlScene
         created = []
@@ -424,11 +426,7 @@ class ImagInfoDoseComparisonLogic(ScriptedLoadableModuleLogic):
                 nodes["tables"][name] = node
             summary = result.summary
             for metric, perRadius in CHARTED_METRICS:
-                rows = summary[summary["metric"] == metric]
-                if perRadius:
-                    rows = rows[np.isclose(rows["radius_mm"], radius)]
-                else:
-                    rows = rows[rows["radius_mm"].isna()]
+                rows = rows_at_radius(summary, metric, radius if perRadius else None)
                 if rows.empty:
                     continue
                 wide = rows.pivot(index="dose_mgy", columns="recon", values="mean").reset_index()
