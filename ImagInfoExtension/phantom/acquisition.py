@@ -3,15 +3,19 @@
 An acquisition is the partial-volume object image, blurred by the reconstruction's
 point-spread function, plus stationary correlated Gaussian noise whose noise power
 spectrum (NPS) has the reconstruction's texture and whose magnitude follows the dose.
-Both are applied in one Fourier pass.
+Both are applied in one Fourier pass. Two nonlinear effects of low dose are added
+where the reconstruction has them: iterative reconstruction fades thin bright detail
+(``shrink_fine_detail``), and filtered back projection shows photon-starvation
+streaks (``starvation``).
 
 The noise magnitude for each reconstruction follows
 
     sigma(D)^2 = a / D + b / D^2 + c,
 
 quantum noise, electronic noise and a dose-independent floor (all >= 0), fitted to a
-calibration table of the HU inter-quartile range inside 3 mm vessels; the HU offset
-of each reconstruction is fitted to the table's median pixel values. The models are
+calibration table of the HU inter-quartile range inside 3 mm vessels; the electronic
+part comes from the lateral views, so it has a streaky texture. The HU offset of each
+reconstruction is fitted to the table's median pixel values. The models are
 phenomenological: they reproduce the published noise level, texture and blur of
 each reconstruction class, not any vendor's algorithm.
 """
@@ -26,9 +30,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.fft
+from scipy import ndimage
 from scipy.optimize import nnls
 
 from ImagInfoExtension.geometry import ImageGrid
+from ImagInfoExtension.phantom.starvation import (
+    PhotonStarvation,
+    attenuation_map,
+    line_integrals,
+    ray_geometry,
+    starvation_streaks,
+)
 
 #: IQR of a normal distribution, in units of its standard deviation.
 GAUSSIAN_IQR_PER_SD = 1.3489795003921634
@@ -66,11 +78,29 @@ class ReconstructionModel:
     nps_z_fwhm_per_mm : float
         Width of the NPS along z (set by the slice sensitivity profile).
     blur_gain_per_decade : float
-        Relative PSF widening per decade of dose below the reference dose. Non-zero
-        for iterative reconstruction, whose regularisation smooths more at low dose.
+        Relative PSF widening per decade of dose below the reference dose.
     nps_shift_per_decade : float
         Relative lowering of the NPS peak frequency per decade of dose below the
         reference dose.
+    detail_shrinkage_hu_mgy : float
+        Soft threshold applied to the signal's fine bright detail (its white top-hat),
+        in HU at 1 mGy; it scales as 1/dose, as a regulariser of fixed weight does
+        against a data term that, like the photon count, is proportional to dose. Fine, low-contrast
+        structures (thin vessels) lose contrast and width at low dose while wide,
+        high-contrast ones keep their edges: the contrast- and dose-dependent
+        resolution of iterative reconstruction.
+    detail_scale_mm : float
+        Half-width of the box whose grey-scale opening separates fine detail.
+    electronic_noise_spread_deg : float
+        Angular half-width at half-maximum of the views that carry the electronic
+        noise term ``b/D²``. Electronic noise dominates only where counts are lowest,
+        in the lateral views through the long axis and the base of the thorax-shaped
+        holder; each view's noise is back-projected along its rays, so this part of
+        the noise forms laterally oriented streaks (its NPS lies in a wedge about the
+        anterior-posterior frequency axis). 0 spreads it over all views.
+    photon_starvation : PhotonStarvation, optional
+        Streaks from readings with too few photons; only for reconstructions that
+        ignore the raw-data statistics (FBP).
     """
 
     name: str
@@ -84,6 +114,10 @@ class ReconstructionModel:
     nps_z_fwhm_per_mm: float = 0.9
     blur_gain_per_decade: float = 0.0
     nps_shift_per_decade: float = 0.0
+    detail_shrinkage_hu_mgy: float = 0.0
+    detail_scale_mm: float = 1.0
+    electronic_noise_spread_deg: float = 12.0
+    photon_starvation: PhotonStarvation | None = None
 
     def _decades_below_reference(self, dose_mgy: float) -> float:
         return max(0.0, float(np.log10(REFERENCE_DOSE_MGY / dose_mgy)))
@@ -97,6 +131,10 @@ class ReconstructionModel:
         """In-plane NPS peak frequency (mm⁻¹) at a dose."""
         return self.nps_peak_per_mm / (1.0 + self.nps_shift_per_decade * self._decades_below_reference(dose_mgy))
 
+    def detail_shrinkage_hu(self, dose_mgy: float) -> float:
+        """Soft threshold (HU) on the signal's fine detail at a dose."""
+        return self.detail_shrinkage_hu_mgy / dose_mgy
+
 
 #: The three reconstruction classes of the published study.
 DEFAULT_RECONSTRUCTIONS: dict[str, ReconstructionModel] = {
@@ -109,6 +147,7 @@ DEFAULT_RECONSTRUCTIONS: dict[str, ReconstructionModel] = {
         psf_fwhm_z_mm=1.0,
         nps_peak_per_mm=0.32,
         nps_ramp_power=1.0,
+        photon_starvation=PhotonStarvation(counts_per_mgy=1500.0, electronic_noise_counts=18.0),
     ),
     "IR": ReconstructionModel(
         name="IR",
@@ -119,8 +158,8 @@ DEFAULT_RECONSTRUCTIONS: dict[str, ReconstructionModel] = {
         psf_fwhm_z_mm=1.0,
         nps_peak_per_mm=0.22,
         nps_ramp_power=0.7,
-        blur_gain_per_decade=0.12,
         nps_shift_per_decade=0.3,
+        detail_shrinkage_hu_mgy=60.0,
     ),
     "DL": ReconstructionModel(
         name="DL",
@@ -146,8 +185,13 @@ class DoseNoiseModel:
     def noise_sd_hu(self, dose_mgy: float) -> float:
         if dose_mgy <= 0:
             raise ValueError(f"dose must be positive, got {dose_mgy} mGy")
-        variance = self.quantum_hu2_mgy / dose_mgy + self.electronic_hu2_mgy2 / dose_mgy**2 + self.floor_hu2
-        return float(np.sqrt(variance))
+        return float(np.sqrt(sum(self.variance_parts_hu2(dose_mgy))))
+
+    def variance_parts_hu2(self, dose_mgy: float) -> tuple[float, float]:
+        """Noise variance (HU²) spread over all views, and the electronic part ``b/D²``."""
+        if dose_mgy <= 0:
+            raise ValueError(f"dose must be positive, got {dose_mgy} mGy")
+        return self.quantum_hu2_mgy / dose_mgy + self.floor_hu2, self.electronic_hu2_mgy2 / dose_mgy**2
 
     @classmethod
     def fit(cls, dose_mgy: np.ndarray, noise_sd_hu: np.ndarray) -> DoseNoiseModel:
@@ -260,23 +304,33 @@ def _grid_frequencies(shape_kji: tuple[int, int, int], spacing_ijk: tuple[float,
     return fk, fj, fi
 
 
-def _nps_shape(model: ReconstructionModel, dose_mgy: float, fk, fj, fi) -> np.ndarray:
-    """Unnormalised NPS; 1 at the in-plane peak and fz = 0."""
+def _nps_shape(model: ReconstructionModel, dose_mgy: float, fk, fj, fi, directional: bool = False) -> np.ndarray:
+    """Unnormalised NPS; 1 at the in-plane peak and fz = 0.
+
+    ``directional`` restricts it to the wedge of the electronic-noise views: a view
+    whose rays run along i puts its noise at frequencies along j.
+    """
     peak = model.nps_peak_at(dose_mgy)
     power = model.nps_ramp_power
-    radial = np.sqrt(fi**2 + fj**2) / peak
-    in_plane = radial**power * np.exp(0.5 * power * (1.0 - radial**2))
+    radial_sq = (fi**2 + fj**2) / peak**2
+    in_plane = radial_sq ** (0.5 * power) * np.exp(0.5 * power * (1.0 - radial_sq))
     sigma_z = model.nps_z_fwhm_per_mm / _FWHM_PER_SIGMA
-    along_z = np.exp(-0.5 * (fk / sigma_z) ** 2)
-    return (in_plane * along_z).astype(np.float32)
+    shape = in_plane * np.exp(-0.5 * (fk / sigma_z) ** 2)
+    if directional and model.electronic_noise_spread_deg > 0:
+        # von Mises weight on the doubled angle from the j axis, half-maximum at the spread.
+        concentration = np.log(2.0) / (1.0 - np.cos(2.0 * np.radians(model.electronic_noise_spread_deg)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos_double = np.nan_to_num((fj**2 - fi**2) / (fi**2 + fj**2), nan=1.0)
+        shape = shape * np.exp(concentration * (cos_double - 1.0))
+    return shape.astype(np.float32)
 
 
-@lru_cache(maxsize=64)
-def _reference_mean_shape(model: ReconstructionModel, dose_mgy: float) -> float:
+@lru_cache(maxsize=128)
+def _reference_mean_shape(model: ReconstructionModel, dose_mgy: float, directional: bool = False) -> float:
     """Mean of the NPS shape over the reference grid's frequency band."""
     shape = (96, 96, 96)
     fk, fj, fi = _grid_frequencies(shape, REFERENCE_SPACING_MM)
-    values = _nps_shape(model, dose_mgy, fk, fj, fi)
+    values = _nps_shape(model, dose_mgy, fk, fj, fi, directional)
     # rfftn stores the non-negative half along i; weight the doubled bins twice.
     weights = np.full(values.shape[2], 2.0)
     weights[0] = 1.0
@@ -284,14 +338,20 @@ def _reference_mean_shape(model: ReconstructionModel, dose_mgy: float) -> float:
     return float((values * weights).sum() / (np.prod(shape)))
 
 
-def noise_power_spectrum(model: ReconstructionModel, noise_sd_hu: float, dose_mgy: float, fk, fj, fi) -> np.ndarray:
+def noise_power_spectrum(model: ReconstructionModel, noise: DoseNoiseModel, dose_mgy: float, fk, fj, fi) -> np.ndarray:
     """The physical NPS in HU²·mm³ at the given frequencies.
 
-    Normalised so that on the reference grid the pixel variance is ``noise_sd_hu``².
+    Normalised so that on the reference grid the pixel variance is ``noise``'s: the
+    quantum and floor terms spread over all views, the electronic term over the
+    lateral views only (see ``ReconstructionModel.electronic_noise_spread_deg``).
     """
     reference_volume = float(np.prod(REFERENCE_SPACING_MM))
-    scale = noise_sd_hu**2 * reference_volume / _reference_mean_shape(model, dose_mgy)
-    return scale * _nps_shape(model, dose_mgy, fk, fj, fi)
+    spectrum = np.zeros(np.broadcast_shapes(fk.shape, fj.shape, fi.shape), dtype=np.float32)
+    for directional, variance in zip((False, True), noise.variance_parts_hu2(dose_mgy)):
+        if variance > 0:
+            scale = variance * reference_volume / _reference_mean_shape(model, dose_mgy, directional)
+            spectrum += np.float32(scale) * _nps_shape(model, dose_mgy, fk, fj, fi, directional)
+    return spectrum
 
 
 def modulation_transfer(model: ReconstructionModel, dose_mgy: float, fk, fj, fi) -> np.ndarray:
@@ -300,6 +360,31 @@ def modulation_transfer(model: ReconstructionModel, dose_mgy: float, fk, fj, fi)
     sigma_xy = fwhm_xy / _FWHM_PER_SIGMA
     sigma_z = fwhm_z / _FWHM_PER_SIGMA
     return np.exp(-2 * np.pi**2 * (sigma_xy**2 * (fi**2 + fj**2) + sigma_z**2 * fk**2)).astype(np.float32)
+
+
+def shrink_fine_detail(
+    signal_hu: np.ndarray,
+    spacing_ijk: tuple[float, float, float],
+    scale_mm: float,
+    threshold_hu: float,
+    background_below_hu: float = -500.0,
+) -> np.ndarray:
+    """Bright detail finer than ``scale_mm`` on a dark background loses ``threshold_hu`` of its contrast.
+
+    The fine detail is the white top-hat: the image minus its grey-scale opening by
+    a box about ``2 × scale_mm`` wide. Where the opening (the local background) is
+    below ``background_below_hu``, the top-hat is soft-thresholded (to no less than
+    0): thin structures in air fade, while structures that hold the box, their edges
+    and the inside of solid material pass unchanged. ``signal_hu`` is ``[k, j, i]``
+    and is modified in place.
+    """
+    size = tuple(2 * max(1, int(scale_mm / spacing)) + 1 for spacing in spacing_ijk[::-1])
+    opened = ndimage.grey_opening(signal_hu, size=size)
+    loss = signal_hu - opened  # the top-hat, >= 0
+    np.minimum(loss, np.float32(threshold_hu), out=loss)
+    loss[opened >= background_below_hu] = 0
+    signal_hu -= loss
+    return signal_hu
 
 
 def acquisition_seed(settings: AcquisitionSettings) -> np.random.SeedSequence:
@@ -323,6 +408,18 @@ class FourierObject:
         self.workers = workers
         self.spectrum = scipy.fft.rfftn(object_hu.astype(np.float32), workers=workers)
         self.frequencies = _grid_frequencies(grid.shape_kji, grid.spacing_mm)
+        # The holder, which sets the longest ray paths, is uniform along z.
+        self._central_slice_hu = np.array(object_hu[object_hu.shape[0] // 2], dtype=np.float32)
+        self._ray_paths: dict[PhotonStarvation, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _paths(self, starvation: PhotonStarvation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """View angles, channel offsets and line integrals through the central slice (cached)."""
+        if starvation not in self._ray_paths:
+            spacing_ij = self.grid.spacing_mm[:2]
+            angles, offsets = ray_geometry(self._central_slice_hu.shape, spacing_ij, starvation)
+            paths = line_integrals(attenuation_map(self._central_slice_hu), spacing_ij, angles, offsets)
+            self._ray_paths[starvation] = (angles, offsets, paths)
+        return self._ray_paths[starvation]
 
     def acquire(self, model: AcquisitionModel, settings: AcquisitionSettings) -> np.ndarray:
         """One reconstructed image in HU, ``[k, j, i]`` int16 clipped to [-1024, 3071]."""
@@ -330,8 +427,8 @@ class FourierObject:
         if settings.dose_mgy <= 0:
             raise ValueError(f"dose must be positive, got {settings.dose_mgy} mGy")
         fk, fj, fi = self.frequencies
-        noise_sd = model.noise_sd_hu(settings.recon, settings.dose_mgy)
-        nps = noise_power_spectrum(recon, noise_sd, settings.dose_mgy, fk, fj, fi)
+        noise = model.calibration.noise[settings.recon]
+        nps = noise_power_spectrum(recon, noise, settings.dose_mgy, fk, fj, fi)
         # White noise of unit variance filtered by sqrt(NPS / voxel volume) has
         # pixel variance equal to the NPS integrated over the grid's band.
         amplitude = np.sqrt(nps / np.float32(self.grid.voxel_volume_mm3))
@@ -339,7 +436,29 @@ class FourierObject:
         white = rng.standard_normal(self.grid.shape_kji, dtype=np.float32)
         spectrum = scipy.fft.rfftn(white, workers=self.workers)
         spectrum *= amplitude
-        spectrum += self.spectrum * modulation_transfer(recon, settings.dose_mgy, fk, fj, fi)
-        image = scipy.fft.irfftn(spectrum, s=self.grid.shape_kji, workers=self.workers)
+        signal = self.spectrum * modulation_transfer(recon, settings.dose_mgy, fk, fj, fi)
+        threshold_hu = recon.detail_shrinkage_hu(settings.dose_mgy)
+        if threshold_hu > 0:
+            image = scipy.fft.irfftn(spectrum, s=self.grid.shape_kji, workers=self.workers)
+            signal_hu = scipy.fft.irfftn(signal, s=self.grid.shape_kji, workers=self.workers)
+            image += shrink_fine_detail(signal_hu, self.grid.spacing_mm, recon.detail_scale_mm, threshold_hu)
+        else:
+            spectrum += signal
+            image = scipy.fft.irfftn(spectrum, s=self.grid.shape_kji, workers=self.workers)
+        if recon.photon_starvation is not None:
+            angles, offsets, paths = self._paths(recon.photon_starvation)
+            streaks = starvation_streaks(
+                paths,
+                angles,
+                offsets,
+                self.grid.shape_kji,
+                self.grid.spacing_mm,
+                settings.dose_mgy,
+                recon.photon_starvation,
+                psf_sigma_mm=recon.psf_fwhm_mm(settings.dose_mgy)[0] / _FWHM_PER_SIGMA,
+                rng=rng,
+            )
+            if streaks is not None:
+                image += streaks
         image += np.float32(model.calibration.hu_offset.get(settings.recon, 0.0))
         return np.clip(np.rint(image), -1024, 3071).astype(np.int16)
