@@ -85,10 +85,9 @@ class ReconstructionModel:
     detail_shrinkage_hu_mgy : float
         Soft threshold applied to the signal's fine bright detail (its white top-hat),
         in HU at 1 mGy; it scales as 1/dose, as a regulariser of fixed weight does
-        against a data term that, like the photon count, is proportional to dose. Fine, low-contrast
-        structures (thin vessels) lose contrast and width at low dose while wide,
-        high-contrast ones keep their edges: the contrast- and dose-dependent
-        resolution of iterative reconstruction.
+        against a data term that, like the photon count, is proportional to dose.
+        Thin vessels lose contrast and width at low dose while wide ones keep their
+        edges: the contrast- and dose-dependent resolution of iterative reconstruction.
     detail_scale_mm : float
         Half-width of the box whose grey-scale opening separates fine detail.
     electronic_noise_spread_deg : float
@@ -183,8 +182,6 @@ class DoseNoiseModel:
     floor_hu2: float
 
     def noise_sd_hu(self, dose_mgy: float) -> float:
-        if dose_mgy <= 0:
-            raise ValueError(f"dose must be positive, got {dose_mgy} mGy")
         return float(np.sqrt(sum(self.variance_parts_hu2(dose_mgy))))
 
     def variance_parts_hu2(self, dose_mgy: float) -> tuple[float, float]:

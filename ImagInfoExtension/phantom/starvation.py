@@ -73,13 +73,17 @@ def _centred_coordinates(shape_ji: tuple[int, int], spacing_ij: tuple[float, flo
     return x, y
 
 
+def _half_diagonal_mm(shape_ji: tuple[int, int], spacing_ij: tuple[float, float]) -> float:
+    """Distance from the slice centre to its farthest pixel centre: the reach of every ray."""
+    x, y = _centred_coordinates(shape_ji, spacing_ij)
+    return float(np.hypot(np.abs(x).max(), np.abs(y).max()))
+
+
 def ray_geometry(
     shape_ji: tuple[int, int], spacing_ij: tuple[float, float], starvation: PhotonStarvation
 ) -> tuple[np.ndarray, np.ndarray]:
     """View angles (rad, over 180°) and channel offsets (mm) covering the slice."""
-    x, y = _centred_coordinates(shape_ji, spacing_ij)
-    reach = float(np.hypot(np.abs(x).max(), np.abs(y).max()))
-    count = int(np.ceil(reach / starvation.channel_pitch_mm))
+    count = int(np.ceil(_half_diagonal_mm(shape_ji, spacing_ij) / starvation.channel_pitch_mm))
     offsets = np.arange(-count, count + 1) * starvation.channel_pitch_mm
     angles = np.arange(starvation.views_per_rotation // 2) * (2 * np.pi / starvation.views_per_rotation)
     return angles, offsets
@@ -98,16 +102,16 @@ def line_integrals(
     ``d = (cos θ, sin θ)`` and normal ``n = (−sin θ, cos θ)`` in (x, y).
     Returns ``[angle, offset]``.
     """
-    x, y = _centred_coordinates(attenuation_per_mm.shape, spacing_ij)
-    reach = float(np.hypot(np.abs(x).max(), np.abs(y).max()))
+    reach = _half_diagonal_mm(attenuation_per_mm.shape, spacing_ij)
     t = np.arange(-reach, reach + step_mm, step_mm)
+    centre_j, centre_i = 0.5 * (np.asarray(attenuation_per_mm.shape) - 1)
     result = np.empty((len(angles_rad), len(offsets_mm)), dtype=np.float32)
     for index, angle in enumerate(angles_rad):
         direction = np.array([np.cos(angle), np.sin(angle)])
         normal = np.array([-np.sin(angle), np.cos(angle)])
         px = offsets_mm[:, None] * normal[0] + t[None, :] * direction[0]
         py = offsets_mm[:, None] * normal[1] + t[None, :] * direction[1]
-        coordinates = np.stack([py / spacing_ij[1] + 0.5 * (len(y) - 1), px / spacing_ij[0] + 0.5 * (len(x) - 1)])
+        coordinates = np.stack([py / spacing_ij[1] + centre_j, px / spacing_ij[0] + centre_i])
         samples = ndimage.map_coordinates(attenuation_per_mm, coordinates, order=1, cval=0.0)
         result[index] = samples.sum(axis=1) * step_mm
     return result
@@ -144,18 +148,16 @@ def starvation_streaks(
     if not low.any():
         return None
     view_index, channel_index = np.nonzero(low)
-    counts_expected = expected[low]
     slices = shape_kji[0]
     rows = max(1, int(round(spacing_ijk[2] / starvation.row_width_mm)))
-    readings = 2 * rows
-    size = (slices, readings, len(counts_expected))
-    expected_counts = counts_expected.astype(np.float32)
+    size = (slices, 2 * rows, int(low.sum()))
+    mean_counts = expected[low].astype(np.float32)
     drawn = rng.standard_normal(size, dtype=np.float32)
     drawn *= np.float32(electronic)
-    drawn += rng.poisson(counts_expected, size=size)
+    drawn += rng.poisson(expected[low], size=size)
     # The linear part of the error is Gaussian noise, which the calibrated NPS holds.
-    linear = (expected_counts - drawn) / expected_counts
-    log_error = np.log(expected_counts / np.maximum(drawn, np.float32(starvation.clamp_counts)))
+    linear = (mean_counts - drawn) / mean_counts
+    log_error = np.log(mean_counts / np.maximum(drawn, np.float32(starvation.clamp_counts)))
     log_error -= linear
     error = log_error.mean(axis=1)  # [slice, starved ray]
 
