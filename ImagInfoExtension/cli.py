@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ImagInfoExtension import __version__
+from ImagInfoExtension.progress import PROGRESS_MODES, ProgressCallback, progress_reporter
 
 
 def _positive_floats_of(what: str, example: str) -> Callable[[str], list[float]]:
@@ -49,22 +51,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-class _ProgressBar:
-    """A tqdm bar driven by the core's ``progress(done, total, message)`` callbacks."""
-
-    def __init__(self, description: str) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=1, desc=description, unit="step", file=sys.stderr, dynamic_ncols=True)
-
-    def __call__(self, done: int, total: int, message: str) -> None:
-        self._bar.total = total
-        self._bar.n = done
-        self._bar.set_postfix_str(message, refresh=False)
-        self._bar.refresh()
-
-    def close(self) -> None:
-        self._bar.close()
+def _add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="bar",
+        help="bar: a progress bar (default); json: one {done,total,message} object per line on stderr; none",
+    )
 
 
 def _add_study_arguments(parser: argparse.ArgumentParser, doses: str, repetitions: int, size: str) -> None:
@@ -105,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument(
         "--format", choices=["nrrd", "dicom", "both"], default="nrrd", help="image format (default nrrd)"
     )
+    _add_progress_argument(phantom)
+
+    sample = commands.add_parser(
+        "sample",
+        help="write the sample data set (one phantom CT and its truth)",
+        description=(
+            "The 'ImagInfo vessel phantom' sample data: the small phantom scanned with FBP at 1 mGy, "
+            "truth_labels.nrrd and truth.json. Files already there are kept."
+        ),
+    )
+    sample.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_progress_argument(sample)
 
     demo = commands.add_parser(
         "demo",
@@ -118,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("imaginfo_demo"), help="output folder (default imaginfo_demo)")
     _add_study_arguments(demo, "0.2,0.5,1.0,2.1,4.0", 2, "small")
     demo.add_argument("--workers", type=int, help="local worker processes (default one per core; 0: no Dask)")
+    _add_progress_argument(demo)
 
     vessels = commands.add_parser(
         "vessels",
@@ -138,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--register-truth", action="store_true", help="rigidly align the truth to the image (design in another frame)"
     )
     vessels.add_argument("--vessel-hu", type=float, default=100.0, help="vessel material value (default 100 HU)")
+    vessels.add_argument(
+        "--wall-margin", type=float, default=2.0, help="distance kept from the holder wall (mm, default 2)"
+    )
+    vessels.add_argument(
+        "--core-depth", type=float, default=1.0, help="depth of the voxels MPV and IQR use (mm, default 1)"
+    )
+    vessels.add_argument(
+        "--scales",
+        type=_positive_floats_of("vesselness scales in mm", "0.3,0.6,1.2"),
+        help="vesselness scales in mm (default: from the radius classes)",
+    )
+    vessels.add_argument(
+        "--sensitivity",
+        type=float,
+        default=0.25,
+        help="vesselness at which a thin, blurred tube is cut at its local half-maximum (0.05-1, default 0.25)",
+    )
+    _add_progress_argument(vessels)
 
     compare = commands.add_parser(
         "compare",
@@ -151,14 +175,35 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--manifest", type=Path, help="CSV with columns path,dose_mgy,recon,repetition")
     source.add_argument("dicom_dir", type=Path, nargs="?", help="folder of DICOM series, grouped from their tags")
     compare.add_argument("--out", type=Path, required=True, help="output folder")
-    compare.add_argument("--radius", type=float, default=3.0, help="vessel radius tabulated and the d' task (mm)")
+    compare.add_argument("--radius", type=float, help="vessel radius tabulated and the d' task (mm, default 3)")
     compare.add_argument("--truth", type=Path, help="phantom design truth.json (default: next to the manifest)")
     compare.add_argument("--workers", type=int, help="local worker processes (default one per core; 0: no Dask)")
     compare.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
     compare.add_argument("--rules", type=Path, help="reconstruction rules JSON for DICOM grouping")
-    compare.add_argument("--test", choices=["welch", "kruskal"], default="welch", help="test between reconstructions")
-    compare.add_argument("--reference", default="FBP", help="reference reconstruction for the iso-metric dose")
+    compare.add_argument("--test", choices=["welch", "kruskal"], help="test between reconstructions (default welch)")
+    compare.add_argument("--reference", help="reference reconstruction for the iso-metric dose (default FBP)")
     compare.add_argument("--reference-dose", type=float, help="its dose (mGy; default the highest)")
+    compare.add_argument(
+        "--parameters",
+        type=Path,
+        help="JSON object of comparison settings (ComparisonParameters fields); the flags above override it",
+    )
+    _add_progress_argument(compare)
+
+    study = commands.add_parser(
+        "study",
+        help="group a folder of DICOM series into a study table",
+        description=(
+            "Reads the headers of every CT series under DICOM_DIR and groups them by CTDIvol and reconstruction "
+            "rules, as `imaginfo compare DICOM_DIR` does. Writes the study (path,dose_mgy,recon,repetition,"
+            "series_uid plus the DICOM attributes used) to --out, and the series left out, with the reason, "
+            "beside it (<name>_left_out.csv). Edit the study and pass it to `imaginfo compare --manifest`."
+        ),
+    )
+    study.add_argument("dicom_dir", type=Path, help="folder of DICOM series")
+    study.add_argument("--out", type=Path, required=True, help="study CSV to write")
+    study.add_argument("--rules", type=Path, help="reconstruction rules JSON")
+    _add_progress_argument(study)
     return parser
 
 
@@ -176,37 +221,58 @@ def _study_request(arguments: argparse.Namespace, file_format: str):
     )
 
 
-def run_phantom(arguments: argparse.Namespace) -> int:
+def run_phantom(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
     from ImagInfoExtension.phantom.study import generate_study
 
     request = _study_request(arguments, arguments.format)
-    bar = _ProgressBar("phantom")
     started = time.perf_counter()
-    try:
-        manifest = generate_study(request, arguments.out, progress=bar)
-    finally:
-        bar.close()
+    manifest = generate_study(request, arguments.out, progress=progress)
     elapsed = time.perf_counter() - started
     written = "truth.json, truth_labels.nrrd and manifest.csv"
     print(f"wrote {len(manifest)} acquisition(s), {written} to {arguments.out} in {elapsed:.1f} s")
     return 0
 
 
-def run_vessels(arguments: argparse.Namespace) -> int:
-    from ImagInfoExtension.io import read_image
-    from ImagInfoExtension.vessels import VesselParameters, load_truth, quantify_vessels, write_results
+def run_sample(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.phantom.study import write_sample_data
 
+    progress(0, 1, "scanning the phantom")
+    paths = write_sample_data(arguments.out)
+    progress(1, 1, "sample data written")
+    for role, path in paths.items():
+        print(f"{role}: {path}")
+    return 0
+
+
+def _vessel_parameters(arguments: argparse.Namespace):
+    from ImagInfoExtension.vessels import VesselParameters
+
+    if not 0.05 <= arguments.sensitivity <= 1.0:
+        raise ValueError(f"--sensitivity {arguments.sensitivity:g} is outside 0.05-1; 0.25 suits most scans")
+    for flag, value in (("--wall-margin", arguments.wall_margin), ("--core-depth", arguments.core_depth)):
+        if value < 0:
+            raise ValueError(f"{flag} {value:g} must be zero or more millimetres")
+    return VesselParameters(
+        vessel_hu=arguments.vessel_hu,
+        register_truth=arguments.register_truth,
+        wall_margin_mm=arguments.wall_margin,
+        core_depth_mm=arguments.core_depth,
+        scales_mm=tuple(arguments.scales) if arguments.scales else None,
+        graph_cut={"vesselness_reference": arguments.sensitivity},
+    )
+
+
+def run_vessels(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.io import read_image
+    from ImagInfoExtension.vessels import load_truth, quantify_vessels, write_results
+
+    parameters = _vessel_parameters(arguments)
     image = read_image(arguments.image)
     truth = load_truth(arguments.truth, arguments.radii) if arguments.truth else None
     mask = read_image(arguments.mask) if arguments.mask else None
-    parameters = VesselParameters(vessel_hu=arguments.vessel_hu, register_truth=arguments.register_truth)
-    bar = _ProgressBar("vessels")
-    try:
-        result = quantify_vessels(
-            image, truth=truth, mask=mask, radii_mm=arguments.radii, parameters=parameters, progress=bar
-        )
-    finally:
-        bar.close()
+    result = quantify_vessels(
+        image, truth=truth, mask=mask, radii_mm=arguments.radii, parameters=parameters, progress=progress
+    )
     write_results(result, arguments.out)
     print(
         f"total vessel volume {result.total_volume_ml:.3f} ml in {result.summary['runtime_s']:.1f} s; "
@@ -215,7 +281,7 @@ def run_vessels(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def load_study(arguments: argparse.Namespace):
+def load_study(arguments: argparse.Namespace, progress: ProgressCallback | None = None):
     """The study table and truth path of ``imaginfo compare``'s arguments."""
     from ImagInfoExtension.dose.study import DEFAULT_RULES, read_manifest, rules_from_json, study_from_dicom
 
@@ -227,10 +293,24 @@ def load_study(arguments: argparse.Namespace):
             truth = beside
         return study, truth
     rules = rules_from_json(arguments.rules) if arguments.rules else DEFAULT_RULES
-    study, unmatched = study_from_dicom(arguments.dicom_dir, rules)
+    study, unmatched = study_from_dicom(arguments.dicom_dir, rules, progress=progress)
     for row in unmatched.itertuples():
         print(f"left out: {row.path} ({row.series_description!r}): {row.reason}")
     return study, truth
+
+
+def run_study(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.dose.study import DEFAULT_RULES, left_out_path, rules_from_json, study_from_dicom
+    from ImagInfoExtension.io import write_atomically
+
+    rules = rules_from_json(arguments.rules) if arguments.rules else DEFAULT_RULES
+    study, unmatched = study_from_dicom(arguments.dicom_dir, rules, progress=progress)
+    out = arguments.out
+    left_out = left_out_path(out)
+    write_atomically(out, lambda p: study.to_csv(p, index=False))
+    write_atomically(left_out, lambda p: unmatched.to_csv(p, index=False))
+    print(f"{len(study)} series grouped into {out}; {len(unmatched)} left out ({left_out})")
+    return 0
 
 
 def print_study_summary(result, radius_mm: float) -> None:
@@ -240,31 +320,49 @@ def print_study_summary(result, radius_mm: float) -> None:
         print(result.tables[metric].to_string())
 
 
-def run_compare(arguments: argparse.Namespace) -> int:
+def comparison_settings_file(path: Path) -> dict:
+    """The settings of ``--parameters``: a JSON object of ComparisonParameters fields, checked by name."""
+    import json
+    from dataclasses import fields
+
+    from ImagInfoExtension.dose.measure import ComparisonParameters
+
+    try:
+        settings = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise FileNotFoundError(f"--parameters {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--parameters {path} is not JSON ({error})") from None
+    known = {f.name for f in fields(ComparisonParameters)}
+    if not isinstance(settings, dict) or set(settings) - known:
+        unknown = sorted(set(settings) - known) if isinstance(settings, dict) else settings
+        raise ValueError(f"--parameters {path}: unknown setting(s) {unknown}; known: {', '.join(sorted(known))}")
+    return settings
+
+
+def run_compare(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
     from ImagInfoExtension.dose.compare import compare_study
     from ImagInfoExtension.dose.measure import ComparisonParameters
 
     study, truth = load_study(arguments)
-    parameters = ComparisonParameters(
-        radius_mm=arguments.radius,
-        test=arguments.test,
-        reference_recon=arguments.reference,
-        reference_dose_mgy=arguments.reference_dose,
+    settings = comparison_settings_file(arguments.parameters) if arguments.parameters else {}
+    flags = {
+        "radius_mm": arguments.radius,
+        "test": arguments.test,
+        "reference_recon": arguments.reference,
+        "reference_dose_mgy": arguments.reference_dose,
+    }
+    parameters = ComparisonParameters(**{**settings, **{k: v for k, v in flags.items() if v is not None}})
+    result = compare_study(
+        study,
+        arguments.out,
+        parameters,
+        truth,
+        workers=arguments.workers,
+        scheduler=arguments.scheduler,
+        progress=progress,
     )
-    bar = _ProgressBar("compare")
-    try:
-        result = compare_study(
-            study,
-            arguments.out,
-            parameters,
-            truth,
-            workers=arguments.workers,
-            scheduler=arguments.scheduler,
-            progress=bar,
-        )
-    finally:
-        bar.close()
-    print_study_summary(result, arguments.radius)
+    print_study_summary(result, parameters.radius_mm)
     batch = result.batch
     print(
         f"\n{len(batch.succeeded)} series measured ({len(batch.cached)} from earlier runs), "
@@ -277,27 +375,51 @@ def run_compare(arguments: argparse.Namespace) -> int:
     return 0 if result.failures.empty else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    arguments = parser.parse_args(argv)
-    if arguments.command == "phantom":
-        runner = run_phantom
-    elif arguments.command == "vessels":
-        runner = run_vessels
-    elif arguments.command == "compare":
-        runner = run_compare
-    else:
+def _runner(command: str) -> Callable[[argparse.Namespace, ProgressCallback], int]:
+    if command == "demo":
         from ImagInfoExtension.demo import run_demo
 
-        runner = run_demo
+        return run_demo
+    return {
+        "phantom": run_phantom,
+        "sample": run_sample,
+        "vessels": run_vessels,
+        "compare": run_compare,
+        "study": run_study,
+    }[command]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code (argument and input errors exit with 2)."""
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    runner = _runner(arguments.command)
+    reporter = progress_reporter(arguments.progress, arguments.command)
+    code = 1
     try:
-        return runner(arguments)
+        code = runner(arguments, reporter)
     except (ValueError, FileNotFoundError, InterruptedError) as error:
+        reporter.close(succeeded=False)
         parser.exit(2, f"imaginfo {arguments.command}: error: {error}\n")
     except KeyboardInterrupt:
+        reporter.close(succeeded=False)
         parser.exit(130, f"imaginfo {arguments.command}: interrupted; finished files are complete\n")
-    return 1
+    reporter.close(succeeded=code == 0)
+    return code
+
+
+def _terminate(signal_number: int, frame: object) -> None:
+    # SIGTERM (a GUI's Cancel) unwinds like Ctrl-C, so temporary files are removed
+    # and worker processes are shut down on the way out.
+    raise KeyboardInterrupt
+
+
+def run() -> None:
+    """The ``imaginfo`` console script (and ``python -m ImagInfoExtension``)."""
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _terminate)
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

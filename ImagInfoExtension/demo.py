@@ -11,17 +11,17 @@ import SimpleITK as sitk
 
 from ImagInfoExtension.io import read_image
 from ImagInfoExtension.phantom.scanner import VirtualScanner
-from ImagInfoExtension.report import radius_class_colours, save_montage
+from ImagInfoExtension.progress import ProgressCallback, stage
+from ImagInfoExtension.report import save_montage
 
 
 def _truth_segments(scanner: VirtualScanner) -> list:
     """One segment per radius class, coloured from thin (blue) to thick (red)."""
     from ImagInfoExtension.bridge import SegmentDescription
 
-    colours = radius_class_colours(len(scanner.truth.classes))
     return [
-        SegmentDescription(label=c.label, name=f"vessel r={c.radius_mm:g} mm", color=colours[n])
-        for n, c in enumerate(scanner.truth.classes)
+        SegmentDescription(label=row["label"], name=row["name"], color=tuple(row["color"]))
+        for row in scanner.truth.segment_table()
     ]
 
 
@@ -42,8 +42,8 @@ def write_demo_scene(scanner: VirtualScanner, volumes: dict[str, sitk.Image], pa
     return bridge.save_scene_bundle(scene, path)
 
 
-def run_demo(arguments: argparse.Namespace) -> int:
-    from ImagInfoExtension.cli import _ProgressBar, _study_request
+def run_demo(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.cli import _study_request
     from ImagInfoExtension.phantom.study import generate_study
 
     started = time.perf_counter()
@@ -51,11 +51,10 @@ def run_demo(arguments: argparse.Namespace) -> int:
     request = _study_request(arguments, "nrrd")
     scanner = request.scanner()
     study_dir = out / "study"
-    bar = _ProgressBar("demo study")
-    try:
-        manifest = generate_study(request, study_dir, progress=bar, scanner=scanner)
-    finally:
-        bar.close()
+    # One count over both stages: scanning (acquisitions + truth), then measuring each series.
+    scans = len(request.acquisitions())
+    total = 2 * scans + 2
+    manifest = generate_study(request, study_dir, progress=stage(progress, 0, scans + 1, total), scanner=scanner)
 
     # Show the axial slice that cuts the most vessel.
     k = int(np.argmax((scanner.truth.labels > 0).sum(axis=(1, 2))))
@@ -83,19 +82,16 @@ def run_demo(arguments: argparse.Namespace) -> int:
     from ImagInfoExtension.dose.study import read_manifest
 
     parameters = ComparisonParameters()
-    bar = _ProgressBar("comparison")
-    try:
-        result = compare_study(
-            read_manifest(study_dir / "manifest.csv"),
-            out / "comparison",
-            parameters,
-            truth=study_dir / "truth.json",
-            workers=arguments.workers,
-            progress=bar,
-            virtual=True,
-        )
-    finally:
-        bar.close()
+    progress(scans + 1, total, "montage and scene written")
+    result = compare_study(
+        read_manifest(study_dir / "manifest.csv"),
+        out / "comparison",
+        parameters,
+        truth=study_dir / "truth.json",
+        workers=arguments.workers,
+        progress=stage(progress, scans + 1, scans, total),
+        virtual=True,
+    )
     elapsed = time.perf_counter() - started
     print_study_summary(result, parameters.radius_mm)
     batch = result.batch

@@ -232,14 +232,38 @@ def write_ct_series(image: sitk.Image, folder: str | Path, info: CTSeriesInfo) -
         ds.WindowCenter = -600
         ds.WindowWidth = 1500
         ds.PixelData = stored[k].tobytes()
-        ds.save_as(folder / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
+        save_dataset(ds, folder / f"IM{k + 1:05d}.dcm")
     return series_uid
+
+
+#: pydicom's major version: Slicer 5.10 bundles pydicom 2.4, 5.12 bundles pydicom 3.
+PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
+
+
+def save_dataset(dataset: Dataset, path: str | Path) -> None:
+    """Write a dataset as a DICOM Part 10 file (preamble and file meta) with pydicom 2 or 3.
+
+    pydicom 3 spells this ``save_as(..., enforce_file_format=True)`` and reads the
+    encoding from the transfer syntax; pydicom 2 spells it ``write_like_original=False``
+    and needs the encoding set on the dataset.
+    """
+    if PYDICOM_MAJOR >= 3:
+        dataset.save_as(path, enforce_file_format=True)
+        return
+    syntax = dataset.file_meta.TransferSyntaxUID
+    dataset.is_little_endian = syntax.is_little_endian
+    dataset.is_implicit_VR = syntax.is_implicit_VR
+    dataset.save_as(path, write_like_original=False)
+
+
+#: Prefix of the temporary siblings :func:`write_atomically` writes through.
+PARTIAL_PREFIX = ".partial-"
 
 
 def write_atomically(target: Path, writer: Callable[[Path], object]) -> object:
     """Write through a temporary sibling and rename, so a crash leaves no half file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent)) / target.name
+    temporary = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=target.parent)) / target.name
     try:
         result = writer(temporary)
         if target.exists() and target.is_dir():
@@ -248,3 +272,24 @@ def write_atomically(target: Path, writer: Callable[[Path], object]) -> object:
         return result
     finally:
         shutil.rmtree(temporary.parent, ignore_errors=True)
+
+
+def remove_partial_files(folder: str | Path) -> list[Path]:
+    """Remove the temporary siblings a killed writer left under ``folder``; returns what was removed.
+
+    Only for a folder nothing is writing to any more (a cancelled job's outputs).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    leftovers = sorted(folder.rglob(f"{PARTIAL_PREFIX}*"), key=lambda p: len(p.parts))
+    removed = []
+    for path in leftovers:
+        if not path.exists():
+            continue  # inside a leftover removed before it
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -7,12 +7,30 @@ from pathlib import Path
 
 import numpy as np
 
+#: The "turbo" colour map sampled at 0.1, 0.2, ..., 0.9 (from matplotlib), so that the
+#: radius-class colours need no plotting library: the vessel module runs without one.
+_TURBO_ANCHORS = np.array(
+    [
+        (0.2697, 0.3488, 0.7963),
+        (0.2443, 0.6094, 0.9970),
+        (0.0975, 0.8371, 0.8034),
+        (0.2760, 0.9709, 0.5165),
+        (0.6436, 0.9900, 0.2336),
+        (0.8833, 0.8655, 0.2172),
+        (0.9961, 0.6428, 0.1916),
+        (0.9408, 0.3557, 0.0703),
+        (0.7648, 0.1437, 0.0104),
+    ]
+)
+
 
 def radius_class_colours(count: int) -> list[tuple[float, float, float]]:
     """RGB colours (0-1) of ``count`` radius classes, thin (blue) to thick (red), as all ImagInfo views show them."""
-    import matplotlib
-
-    return [tuple(float(v) for v in rgba[:3]) for rgba in matplotlib.colormaps["turbo"](np.linspace(0.1, 0.9, count))]
+    if count <= 0:
+        return []
+    position = np.linspace(0.0, len(_TURBO_ANCHORS) - 1.0, count) if count > 1 else np.array([0.0])
+    channels = [np.interp(position, np.arange(len(_TURBO_ANCHORS)), _TURBO_ANCHORS[:, c]) for c in range(3)]
+    return [tuple(round(float(channel[n]), 4) for channel in channels) for n in range(count)]
 
 
 def save_montage(

@@ -37,6 +37,17 @@ def small_scanner():
     return VirtualScanner(size="small")
 
 
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """1 dose x 3 reconstructions x 2 repetitions of the small phantom, NRRD and DICOM."""
+    from ImagInfoExtension.phantom.study import StudyRequest, generate_study
+
+    folder = tmp_path_factory.mktemp("tiny_study")
+    request = StudyRequest(doses_mgy=(2.1,), repetitions=2, size="small", file_format="both")
+    generate_study(request, folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def module(request):
     """The scripted module named by the test file's ``MODULE_NAME``, loaded under the harness."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -104,3 +106,45 @@ def test_bad_arguments_get_clear_errors(tmp_path, capsys, arguments, message):
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "bad" / "manifest.csv").exists()
+
+
+PYDICOM_2 = Path(__file__).resolve().parent.parent / ".venv" / "pydicom2"
+
+
+@pytest.mark.skipif(
+    not (PYDICOM_2 / "pydicom").is_dir(), reason="pydicom 2.4.4 is installed by `make test` into .venv/pydicom2"
+)
+def test_dicom_writing_and_grouping_work_with_slicer_5_10s_pydicom_2(tmp_path):
+    """Slicer 5.10 bundles pydicom 2.4.4, which has no save_as(enforce_file_format=...)."""
+    script = """
+import json, sys
+import numpy as np, pydicom, SimpleITK as sitk
+from ImagInfoExtension.geometry import ImageGrid
+from ImagInfoExtension.io import CTSeriesInfo, read_dicom_series, write_ct_series
+from ImagInfoExtension.dose.study import study_from_dicom
+grid = ImageGrid((12, 10, 5), (0.7, 0.7, 1.25), (-4.0, 2.0, 10.0))
+array = np.random.default_rng(0).integers(-1024, 2000, grid.shape_kji).astype(np.int16)
+info = CTSeriesInfo("IR 1 mGy rep 1", 1.0, "FC08", "ITERATIVE", uid_entropy=("pydicom2",))
+uid = write_ct_series(grid.to_sitk(array), sys.argv[1] + "/series", info)
+back = read_dicom_series(sys.argv[1] + "/series")
+study, left_out = study_from_dicom(sys.argv[1])
+first = pydicom.dcmread(sys.argv[1] + "/series/IM00001.dcm")
+print(json.dumps({"version": pydicom.__version__, "same": bool(np.array_equal(sitk.GetArrayFromImage(back), array)),
+    "preamble": first.preamble == b"\\0" * 128, "syntax": str(first.file_meta.TransferSyntaxUID),
+    "recon": study["recon"].tolist(), "uid": study["series_uid"].tolist() == [uid]}))
+"""
+    import subprocess
+    import sys
+
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PYDICOM_2), str(Path(__file__).resolve().parent.parent)]),
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=environment, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    found = json.loads(completed.stdout)
+    assert found["version"] == "2.4.4"
+    assert found["same"] and found["preamble"] and found["uid"]
+    assert found["syntax"] == "1.2.840.10008.1.2.1" and found["recon"] == ["IR"]

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ImagInfoExtension import ProgressCallback
-from ImagInfoExtension.batch import BatchCase, BatchSummary, file_identity, run_batch
+from ImagInfoExtension.batch import BatchCase, BatchSummary, CaseOutcome, file_identity, run_batch
 from ImagInfoExtension.dose.analysis import (
     LONG_COLUMNS,
     TABLE_METRICS,
@@ -25,6 +24,7 @@ from ImagInfoExtension.dose.analysis import (
 from ImagInfoExtension.dose.measure import IQ_METRICS, ComparisonParameters, measure_series
 from ImagInfoExtension.dose.study import validate_study
 from ImagInfoExtension.io import write_atomically
+from ImagInfoExtension.progress import ProgressCallback
 
 IQ_COLUMNS = ["recon", "dose_mgy", "repetition", *IQ_METRICS]
 
@@ -184,15 +184,84 @@ def compare_study(
     return result
 
 
-def provenance(study: pd.DataFrame, parameters: ComparisonParameters, truth: str | None) -> dict:
+def provenance(
+    study: pd.DataFrame, parameters: ComparisonParameters, truth: str | None, batch: BatchSummary | None = None
+) -> dict:
     from ImagInfoExtension.vessels.quantify import software_versions
 
-    return {
+    document = {
         "software": software_versions(),
         "parameters": asdict(parameters),
         "truth": truth,
         "inputs": study[["path", "series_uid", "recon", "dose_mgy", "repetition"]].to_dict("records"),
     }
+    if batch is not None:
+        document["batch"] = {
+            "workers": batch.workers,
+            "wall_s": batch.wall_s,
+            "outcomes": [{k: v for k, v in asdict(outcome).items() if k != "result"} for outcome in batch.outcomes],
+        }
+    return document
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A CSV the comparison wrote; one without rows or columns (no test could run) reads as empty."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def read_comparison(out_dir: str | Path) -> ComparisonResult:
+    """Read back what :func:`compare_study` wrote (how a Slicer module gets the child process's result).
+
+    ``curves`` stay empty (the NPS and TTF curves are in the per-series records and
+    the plots); everything else is as :func:`compare_study` returned it.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the comparison in ``out_dir`` did not finish.
+    """
+    out_dir = Path(out_dir)
+    required = ["results_long.csv", "iq_metrics.csv", "summary.csv", "provenance.json", "report.html"]
+    missing = [name for name in required if not (out_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir} lacks {', '.join(missing)}: the comparison did not finish")
+    document = json.loads((out_dir / "provenance.json").read_text())
+    parameters = ComparisonParameters(**document["parameters"])
+    batch_record = document.get("batch", {})
+    outcomes = [CaseOutcome(**{**o, "result": {}}) for o in batch_record.get("outcomes", [])]
+    batch = BatchSummary(outcomes, int(batch_record.get("workers", 0)), float(batch_record.get("wall_s", 0.0)))
+    long = pd.read_csv(out_dir / "results_long.csv")
+    tables = {
+        metric: pd.read_csv(out_dir / f"table_{metric}.csv", index_col="recon", dtype=str, keep_default_na=False)
+        for metric, _ in TABLE_METRICS
+        if (out_dir / f"table_{metric}.csv").is_file()
+    }
+    statistics = {
+        path.stem.removeprefix("statistics_"): _read_table(path) for path in sorted(out_dir.glob("statistics_*.csv"))
+    }
+    failures_path = out_dir / "failures.csv"
+    failures = (
+        pd.read_csv(failures_path)
+        if failures_path.is_file()
+        else pd.DataFrame(columns=["recon", "dose_mgy", "repetition", "path", "error"])
+    )
+    files = {path.stem: path for path in sorted(out_dir.iterdir()) if path.is_file()}
+    files["report"] = out_dir / "report.html"
+    return ComparisonResult(
+        long=long,
+        iq=pd.read_csv(out_dir / "iq_metrics.csv"),
+        summary=pd.read_csv(out_dir / "summary.csv"),
+        tables=tables,
+        statistics=statistics,
+        curves={},
+        failures=failures,
+        files=files,
+        batch=batch,
+        parameters=parameters,
+    )
 
 
 def write_table_files(result: ComparisonResult, out_dir: Path) -> dict[str, Path]:

@@ -257,7 +257,7 @@ def write_comparison_outputs(
     plots.update(plot_curves(result, "ttf", out_dir))
     plots.update(plot_accuracy_against_radius(result, out_dir))
     files.update(plots)
-    source = provenance(study, parameters, truth)
+    source = provenance(study, parameters, truth, result.batch)
     files["provenance"] = write_provenance(source, out_dir)
     files["report"] = write_report(result, study, parameters, plots, out_dir, source, virtual)
     return files

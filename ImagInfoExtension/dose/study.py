@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ImagInfoExtension.progress import ProgressCallback
+
 #: One row per series.
 STUDY_COLUMNS = ["path", "dose_mgy", "recon", "repetition", "series_uid"]
 
@@ -164,15 +166,26 @@ def _text(dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
+def scan_dicom_folder(folder: str | Path, progress: ProgressCallback | None = None) -> list[DicomSeries]:
     """Every CT series under ``folder`` (recursively), from the headers alone."""
-    import pydicom
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of DICOM files")
+    return scan_dicom_files(sorted(p for p in folder.rglob("*") if p.is_file()), progress)
+
+
+def scan_dicom_files(files: Sequence[str | Path], progress: ProgressCallback | None = None) -> list[DicomSeries]:
+    """The CT series among ``files`` (a folder's files, or those of series in Slicer's DICOM database).
+
+    Files that are not DICOM images are skipped.
+    """
+    import pydicom
+
     found: dict[str, dict] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for number, path in enumerate(files, start=1):
+        path = Path(path)
+        if progress is not None and (number % 50 == 0 or number == len(files)):
+            progress(number, len(files), f"read {number} of {len(files)} headers")
         try:
             dataset = pydicom.dcmread(path, stop_before_pixels=True)
         except (pydicom.errors.InvalidDicomError, OSError, ValueError):
@@ -213,10 +226,10 @@ def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
     return series
 
 
-def study_from_dicom(
-    folder: str | Path, rules: Sequence[ReconstructionRule] = DEFAULT_RULES
+def study_from_series(
+    series: Sequence[DicomSeries], rules: Sequence[ReconstructionRule] = DEFAULT_RULES, source: str = "the input"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Group the CT series under ``folder`` into a study.
+    """Group DICOM series into a study.
 
     Repetitions are numbered within each (dose, reconstruction) by acquisition time,
     then series number.
@@ -229,30 +242,43 @@ def study_from_dicom(
         Series left out, with the reason (no CTDIvol, or no rule matched).
     """
     rows, unmatched = [], []
-    for series in scan_dicom_folder(folder):
+    for entry in series:
         row = {
-            "path": series.folder,
-            "series_uid": series.series_uid,
-            "series_number": series.series_number,
-            "acquisition_time": series.acquisition_time,
-            **series.attributes,
+            "path": entry.folder,
+            "series_uid": entry.series_uid,
+            "series_number": entry.series_number,
+            "acquisition_time": entry.acquisition_time,
+            **entry.attributes,
         }
-        recon = classify_reconstruction(series.attributes, rules)
-        if series.dose_mgy is None or series.dose_mgy <= 0:
+        recon = classify_reconstruction(entry.attributes, rules)
+        if entry.dose_mgy is None or entry.dose_mgy <= 0:
             unmatched.append({**row, "reason": "no CTDIvol (0018,9345)"})
         elif recon is None:
             unmatched.append({**row, "reason": "no reconstruction rule matched"})
         else:
-            rows.append({**row, "dose_mgy": series.dose_mgy, "recon": recon})
+            rows.append({**row, "dose_mgy": entry.dose_mgy, "recon": recon})
     unmatched_table = pd.DataFrame(unmatched, columns=["path", "series_uid", "series_description", "reason"])
     if not rows:
         raise ValueError(
-            f"no series under {folder} could be grouped ({len(unmatched)} left out: "
+            f"no series in {source} could be grouped ({len(unmatched)} left out: "
             + "; ".join(sorted({u["reason"] for u in unmatched}) or ["no CT series found"])
-            + "); check the folder or edit the reconstruction rules"
+            + "); check the input or edit the reconstruction rules"
         )
     study = number_repetitions(pd.DataFrame(rows), ("acquisition_time", "series_number"))
     return validate_study(study), unmatched_table
+
+
+def study_from_dicom(
+    folder: str | Path, rules: Sequence[ReconstructionRule] = DEFAULT_RULES, progress: ProgressCallback | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Group the CT series under ``folder`` into a study (see :func:`study_from_series`)."""
+    return study_from_series(scan_dicom_folder(folder, progress), rules, str(folder))
+
+
+def left_out_path(study_csv: str | Path) -> Path:
+    """Where ``imaginfo study`` writes the series it left out: ``<study>_left_out.csv`` beside the study."""
+    study_csv = Path(study_csv)
+    return study_csv.with_name(f"{study_csv.stem}_left_out.csv")
 
 
 def number_repetitions(series: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:

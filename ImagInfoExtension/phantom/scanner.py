@@ -21,6 +21,7 @@ from ImagInfoExtension.phantom.design import (
     render_holder_fraction,
     render_vessels,
 )
+from ImagInfoExtension.report import radius_class_colours
 
 #: Voxel spacing (i, j, k) in mm of each phantom size.
 PHANTOM_SIZES: dict[str, tuple[float, float, float]] = {
@@ -67,6 +68,14 @@ class PhantomTruth:
 
     def label_image(self) -> sitk.Image:
         return self.grid.to_sitk(self.labels)
+
+    def segment_table(self) -> list[dict]:
+        """Label, name (``vessel r=1.5 mm``, which the vessel module reads back) and RGB colour of each class."""
+        colours = radius_class_colours(len(self.classes))
+        return [
+            {"label": c.label, "name": f"vessel r={c.radius_mm:g} mm", "color": list(colours[n])}
+            for n, c in enumerate(self.classes)
+        ]
 
     def to_json(self, centerline_step_mm: float = 0.25) -> dict:
         """The truth document (schema shared by all ImagInfo modules)."""

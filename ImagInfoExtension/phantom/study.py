@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ImagInfoExtension import ProgressCallback
 from ImagInfoExtension.io import CTSeriesInfo, study_uids, write_atomically, write_ct_series, write_image
 from ImagInfoExtension.phantom.acquisition import AcquisitionCalibration, AcquisitionModel, AcquisitionSettings
 from ImagInfoExtension.phantom.scanner import PHANTOM_SIZES, VirtualScanner
+from ImagInfoExtension.progress import ProgressCallback
 
 #: The published protocol: CTDIvol levels (mGy) and reconstructions.
 PUBLISHED_DOSES_MGY: tuple[float, ...] = (0.2, 0.5, 1.0, 2.1, 4.0)
@@ -180,22 +180,42 @@ def generate_study(
 
 #: The acquisition behind the "ImagInfo vessel phantom" sample data set.
 SAMPLE_ACQUISITION = AcquisitionSettings(dose_mgy=1.0, recon="FBP", repetition=1)
+#: What a Slicer module loads from a sample folder: files, node names and how to show them.
+SAMPLE_MANIFEST = "sample.json"
+SAMPLE_VOLUME_NAME = "ImagInfoVesselPhantom"
 
 
 def write_sample_data(folder: str | Path, size: str = "small") -> dict[str, Path]:
-    """Generate the sample data set once: one CT, the truth label map and ``truth.json``.
+    """Generate the sample data set once: one CT, the truth label map, ``truth.json`` and ``sample.json``.
 
-    Files already present are reused, so a cache folder costs the generation only once.
+    ``sample.json`` lists the nodes to load (``{"nodes": [{"file", "kind", "name", ...}]}``):
+    the CT as a volume shown with a lung window, and the truth label map as a
+    segmentation with one named, coloured segment per radius class. A folder that
+    already holds every file is reused, so a cache folder costs the generation once.
     """
     folder = Path(folder)
     paths = {
-        "volume": folder / f"ImagInfoVesselPhantom_{acquisition_name(SAMPLE_ACQUISITION)}.nrrd",
+        "volume": folder / f"{SAMPLE_VOLUME_NAME}_{acquisition_name(SAMPLE_ACQUISITION)}.nrrd",
         "truth_labels": folder / "truth_labels.nrrd",
         "truth": folder / "truth.json",
+        "manifest": folder / SAMPLE_MANIFEST,
     }
     if all(p.is_file() and p.stat().st_size > 0 for p in paths.values()):
         return paths
     scanner = VirtualScanner(size=size)
     write_truth(scanner, folder)
     write_atomically(paths["volume"], lambda p: write_image(scanner.acquire(SAMPLE_ACQUISITION), p))
+    manifest = {
+        "nodes": [
+            {"file": paths["volume"].name, "kind": "volume", "name": SAMPLE_VOLUME_NAME, "window_level": [1500, -600]},
+            {
+                "file": paths["truth_labels"].name,
+                "kind": "segmentation",
+                "name": f"{SAMPLE_VOLUME_NAME} truth",
+                "reference": SAMPLE_VOLUME_NAME,
+                "segments": scanner.truth.segment_table(),
+            },
+        ]
+    }
+    write_atomically(paths["manifest"], lambda p: p.write_text(json.dumps(manifest, indent=1)))
     return paths

@@ -7,6 +7,7 @@ from ImagInfoExtension.vessels.quantify import (
     VesselParameters,
     VesselQuantification,
     quantify_vessels,
+    read_results,
     validate_ct_image,
     write_results,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "VesselTruth",
     "load_truth",
     "quantify_vessels",
+    "read_results",
     "register_truth_to_image",
     "truth_from_design",
     "truth_from_document",

@@ -18,10 +18,12 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy.spatial import cKDTree
 
-from ImagInfoExtension import ProgressCallback, __version__
+from ImagInfoExtension import __version__
 from ImagInfoExtension.geometry import ImageGrid
 from ImagInfoExtension.io import json_default, write_atomically, write_image
 from ImagInfoExtension.phantom.design import DEFAULT_RADII_MM
+from ImagInfoExtension.progress import ProgressCallback
+from ImagInfoExtension.report import radius_class_colours
 from ImagInfoExtension.vessels.centerlines import (
     METHOD_DISTANCE,
     METHOD_INTEGRAL,
@@ -45,6 +47,8 @@ TRUTH_COLUMNS = (
     "est_radius_mm",
     "radius_bias_mm",
 )
+#: Display colour of vessel voxels whose radius could not be measured.
+UNRESOLVED_COLOUR = (0.6, 0.6, 0.6)
 #: Share of the truth's centreline that must fall inside the image.
 MIN_TRUTH_INSIDE = 0.5
 
@@ -126,8 +130,15 @@ class VesselQuantification:
         return float(self.summary["total_volume_ml"])
 
     def class_table(self) -> list[dict]:
-        rows = [{"index": n + 1, "radius_mm": r, "name": f"r = {r:g} mm"} for n, r in enumerate(self.radii_mm)]
-        rows.append({"index": len(self.radii_mm) + 1, "radius_mm": None, "name": "unresolved"})
+        """Label index, radius, name and display colour (RGB 0-1) of each class of :attr:`labels`."""
+        colours = radius_class_colours(len(self.radii_mm))
+        rows = [
+            {"index": n + 1, "radius_mm": r, "name": f"r = {r:g} mm", "color": colours[n]}
+            for n, r in enumerate(self.radii_mm)
+        ]
+        rows.append(
+            {"index": len(self.radii_mm) + 1, "radius_mm": None, "name": "unresolved", "color": UNRESOLVED_COLOUR}
+        )
         return rows
 
 
@@ -508,9 +519,7 @@ def write_results(result: VesselQuantification, out_dir: str | Path) -> dict[str
             {
                 "position_mm": [round(float(v), 4) for v in point],
                 "radius_mm": None if not np.isfinite(radius) else round(float(radius), 4),
-                "method": {METHOD_DISTANCE: "distance_transform", METHOD_INTEGRAL: "intensity_integral"}.get(
-                    int(method), "unresolved"
-                ),
+                "method": _METHOD_NAMES.get(int(method), "unresolved"),
             }
             for point, radius, method in zip(
                 result.centerline_points_mm, result.centerline_radius_mm, result.centerline_method, strict=True
@@ -524,3 +533,38 @@ def write_results(result: VesselQuantification, out_dir: str | Path) -> dict[str
         paths["summary"], lambda p: p.write_text(json.dumps(result.summary, indent=1, default=json_default))
     )
     return paths
+
+
+_METHOD_NAMES = {METHOD_DISTANCE: "distance_transform", METHOD_INTEGRAL: "intensity_integral"}
+
+
+def read_results(out_dir: str | Path) -> VesselQuantification:
+    """Read back what :func:`write_results` wrote (how a Slicer module gets the child process's result).
+
+    Raises
+    ------
+    FileNotFoundError
+        When one of the four files is missing (the run did not finish).
+    """
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / name for name in ("per_radius.csv", "summary.json", "vessels.nrrd", "centerlines.json")}
+    missing = [name for name, path in paths.items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir} lacks {', '.join(missing)}: the vessel quantification did not finish")
+    summary = json.loads(paths["summary.json"].read_text())
+    labels_image = sitk.ReadImage(str(paths["vessels.nrrd"]))
+    centerlines = json.loads(paths["centerlines.json"].read_text())["points"]
+    method_codes = {name: code for code, name in _METHOD_NAMES.items()}
+    radii = tuple(float(c["radius_mm"]) for c in summary["classes"] if c["radius_mm"] is not None)
+    return VesselQuantification(
+        per_radius=pd.read_csv(paths["per_radius.csv"]),
+        labels=sitk.GetArrayFromImage(labels_image).astype(np.uint8),
+        grid=ImageGrid.from_sitk(labels_image),
+        radii_mm=radii,
+        centerline_points_mm=np.array([p["position_mm"] for p in centerlines], dtype=float).reshape(-1, 3),
+        centerline_radius_mm=np.array(
+            [np.nan if p["radius_mm"] is None else p["radius_mm"] for p in centerlines], dtype=float
+        ),
+        centerline_method=np.array([method_codes.get(p["method"], 0) for p in centerlines], dtype=np.uint8),
+        summary=summary,
+    )

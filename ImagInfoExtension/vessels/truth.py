@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,28 @@ class VesselTruth:
     def length_mm(self, radius_mm: float) -> float:
         return float(self.weight_mm[self.radius_mm == radius_mm].sum())
 
+    def to_document(self) -> dict:
+        """This truth as a truth document (``truth.json``) that :func:`truth_from_document` reads back exactly.
+
+        Each radius class becomes one segment with its points and their weights
+        (``weights_mm``), so that the reading needs no segment lengths.
+        """
+        return {
+            "coordinate_system": "LPS",
+            "units": "mm",
+            "segments": [
+                {
+                    "id": f"class-{radius:g}",
+                    "radius_mm": float(radius),
+                    "points": self.points_mm[self.radius_mm == radius].tolist(),
+                    "weights_mm": self.weight_mm[self.radius_mm == radius].tolist(),
+                }
+                for radius in self.radii_mm
+            ],
+            "classes": [{"radius_mm": float(r), "true_volume_ml": float(v)} for r, v in self.class_volume_ml.items()],
+            "source": self.source,
+        }
+
     def transformed(self, transform: sitk.Transform) -> VesselTruth:
         """The truth with its points mapped by ``transform`` (design frame to image frame)."""
         points = np.array([transform.TransformPoint(tuple(float(v) for v in p)) for p in self.points_mm])
@@ -57,16 +80,25 @@ class VesselTruth:
         )
 
 
-def _from_segments(segments: Sequence[tuple[float, np.ndarray]], volumes: dict, source: str) -> VesselTruth:
+def _from_segments(
+    segments: Sequence[tuple[float, np.ndarray] | tuple[float, np.ndarray, Sequence[float]]], volumes: dict, source: str
+) -> VesselTruth:
+    """Truth from ``(radius, points)`` polylines, or ``(radius, points, weights)`` with each point's length."""
     points, radii, weights = [], [], []
-    for radius, samples in segments:
+    for radius, samples, *given in segments:
         samples = np.asarray(samples, dtype=float).reshape(-1, 3)
         if len(samples) == 0:
             continue
-        length = float(np.linalg.norm(np.diff(samples, axis=0), axis=1).sum()) if len(samples) > 1 else 0.0
+        if given and given[0] is not None:
+            weight = np.asarray(given[0], dtype=float)
+            if weight.shape != (len(samples),):
+                raise ValueError(f"{source}: a segment has {len(samples)} points but {weight.size} weights_mm")
+        else:
+            length = float(np.linalg.norm(np.diff(samples, axis=0), axis=1).sum()) if len(samples) > 1 else 0.0
+            weight = np.full(len(samples), length / len(samples))
         points.append(samples)
         radii.append(np.full(len(samples), float(radius)))
-        weights.append(np.full(len(samples), length / len(samples)))
+        weights.append(weight)
     if not points:
         raise ValueError(f"the truth {source} holds no centreline points")
     radius_mm = np.concatenate(radii)
@@ -93,7 +125,7 @@ def truth_from_document(document: dict, source: str = "truth.json") -> VesselTru
     if document.get("coordinate_system", "LPS") != "LPS":
         raise ValueError(f"{source}: coordinate_system must be LPS, got {document.get('coordinate_system')!r}")
     try:
-        segments = [(float(s["radius_mm"]), s["points"]) for s in document["segments"]]
+        segments = [(float(s["radius_mm"]), s["points"], s.get("weights_mm")) for s in document["segments"]]
     except (KeyError, TypeError) as error:
         raise ValueError(
             f"{source} is not an ImagInfo truth document: each segment needs 'radius_mm' and 'points' ({error})"
@@ -205,3 +237,9 @@ def register_truth_to_image(
     fixed_to_moving = method.Execute(fixed, moving)
     euler = sitk.Euler3DTransform(sitk.CompositeTransform(fixed_to_moving).GetNthTransform(0))
     return euler.GetInverse()
+
+
+def radius_from_segment_name(name: str) -> float | None:
+    """The radius a segment's name states (``r = 1.5 mm``, ``vessel r=1.5 mm``), or None."""
+    found = re.search(r"\br\s*=\s*([0-9]*\.?[0-9]+)", name)
+    return float(found.group(1)) if found else None

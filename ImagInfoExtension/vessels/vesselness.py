@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ImagInfoExtension import ProgressCallback
+from ImagInfoExtension.progress import ProgressCallback
 
 #: Gaussian kernels are cut at this many standard deviations.
 GAUSSIAN_TRUNCATE = 3.0
