@@ -22,8 +22,10 @@ $(STAMP_CORE): pyproject.toml | $(PY)
 	$(PIP) install --quiet -e ".[slicer-core]"
 	touch $@
 
+# pydicom 2.4.4 (what Slicer 5.10 bundles) beside the current one, for the compatibility test.
 $(STAMP_TEST): $(STAMP_CORE)
 	$(PIP) install --quiet -e ".[test,slicer-core]"
+	$(PIP) install --quiet --upgrade --target $(VENV)/pydicom2 "pydicom==2.4.4"
 	touch $@
 
 demo: $(STAMP_CORE)
@@ -36,6 +38,7 @@ bench: $(STAMP_CORE)
 	$(PY) benchmarks/bench_phantom.py
 	$(PY) benchmarks/bench_vessels.py
 	$(PY) benchmarks/bench_batch.py
+	$(PY) benchmarks/bench_runner.py
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ImagInfoExtension import ProgressCallback
 from ImagInfoExtension.io import json_default, write_atomically
+from ImagInfoExtension.progress import ProgressCallback
 
 Job = Callable[[dict, dict], dict]
 
@@ -315,47 +315,3 @@ def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, 
         if cluster is not None:
             cluster.close()
     return workers
-
-
-class BackgroundJob:
-    """Runs ``run(progress, cancel)`` on a worker thread, for GUIs that poll it.
-
-    ``progress`` is ``(done, total, message)``; :meth:`cancel` sets the event handed to
-    ``run`` and makes the next progress report raise, so the run stops at its next
-    step. Whatever the run raises after a cancel counts as the cancel. The job never
-    touches a GUI or a scene; the caller builds outputs from ``result`` on its own
-    thread, so a cancelled or failed run leaves them as they were.
-    """
-
-    def __init__(self, run: Callable[[ProgressCallback, threading.Event], object]) -> None:
-        self.progress: tuple[int, int, str] = (0, 100, "starting")
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.cancelled = False
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(run,), daemon=True)
-        self._thread.start()
-
-    def _report(self, done: int, total: int, message: str) -> None:
-        self.progress = (done, total, message)
-        if self._cancel.is_set():
-            raise InterruptedError("cancelled by the user")
-
-    def _work(self, run) -> None:
-        try:
-            self.result = run(self._report, self._cancel)
-        except Exception as error:  # noqa: BLE001 - handed to the GUI, which shows it
-            if self._cancel.is_set():
-                self.cancelled = True
-            else:
-                self.error = error
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> BackgroundJob:
-        self._thread.join(timeout)
-        return self

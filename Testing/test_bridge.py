@@ -204,27 +204,67 @@ def test_scene_bundle_round_trip(tmp_path):
         bridge.save_scene_bundle(scene, tmp_path / "scene.zip")
 
 
-def test_requirements_are_installed_through_pip_ensure(monkeypatch):
-    calls = []
-    fake_packaging = type(
-        "packaging", (), {"pip_ensure": staticmethod(lambda reqs, requester: calls.append((reqs, requester)))}
-    )
-    monkeypatch.setattr(slicer, "packaging", fake_packaging, raising=False)
-    assert bridge.ensure_python_requirements(["numpy>=1.0", "surely-not-installed-package==1.0"], requester="ImagInfo")
-    assert len(calls) == 1
-    requirements, requester = calls[0]
-    assert [str(r) for r in requirements] == ["surely-not-installed-package==1.0"] and requester == "ImagInfo"
-    assert bridge.read_requirements(bridge.requirements_file()), "Resources/requirements.txt lists the packages"
+def _node_count(scene) -> int:
+    return scene.GetNumberOfNodes()
 
 
-def test_requirements_fall_back_to_pip_install_after_one_confirmation(monkeypatch):
-    monkeypatch.setattr(slicer, "packaging", None, raising=False)
-    monkeypatch.setattr(slicer, "pydeps", None, raising=False)
-    installed, questions = [], []
-    monkeypatch.setattr(slicer.util, "pip_install", lambda reqs: installed.append(reqs))
-    declined = bridge.ensure_python_requirements(
-        ["surely-not-installed-package"], confirm=lambda m: questions.append(m) and False
-    )
-    assert declined is False and installed == [] and len(questions) == 1
-    assert bridge.ensure_python_requirements(["surely-not-installed-package"], confirm=lambda m: True)
-    assert installed == [["surely-not-installed-package"]]
+def test_output_nodes_are_reused_on_a_rerun_and_per_input():
+    from ImagInfoExtension.bridge.scenes import OutputNodes
+
+    scene = bridge.new_scene()
+    frame = pd.DataFrame({"radius_mm": [1.0, 2.0], "iqr_hu": [30.0, 20.0]})
+
+    def run(key, values):
+        with OutputNodes(scene, "Module", key) as outputs:
+            table = outputs.node("table", "vtkMRMLTableNode", "per radius")
+            bridge.table_node_from_dataframe(frame.assign(iqr_hu=values), scene, "", table)
+            chart = outputs.node("chart", "vtkMRMLPlotChartNode", "plot")
+            bridge.chart_node_from_table(table, scene, "radius_mm", ["iqr_hu"], "IQR", node=chart)
+        return table, chart
+
+    first_table, first_chart = run("volume1", [30.0, 20.0])
+    count = _node_count(scene)
+    table, chart = run("volume1", [40.0, 25.0])
+    assert table is first_table and chart is first_chart, "a re-run on the same input updates the same nodes"
+    assert _node_count(scene) == count, "no new nodes, and the chart's old series are gone"
+    assert bridge.dataframe_from_table_node(table)["iqr_hu"].tolist() == [40.0, 25.0]
+    assert chart.GetNumberOfPlotSeriesNodes() == 1
+    other_table, _ = run("volume2", [1.0, 2.0])
+    assert other_table is not first_table, "another input gets its own nodes"
+    chosen = scene.AddNewNodeByClass("vtkMRMLTableNode", "chosen by the user")
+    with OutputNodes(scene, "Module", "volume1") as outputs:
+        assert outputs.node("table", "vtkMRMLTableNode", "x", preferred=chosen) is chosen
+
+
+def test_a_failed_run_leaves_no_half_made_nodes():
+    from ImagInfoExtension.bridge.scenes import OutputNodes
+
+    grid = _oblique_grid()
+    labels = np.zeros(grid.shape_kji, np.uint8)
+    labels[2:5, 3:9, 4:12] = 1
+    scene = bridge.new_scene()
+    volume = bridge.volume_node_from_sitk(grid.to_sitk(labels), scene, "reference")
+    before = _node_count(scene)
+    with pytest.raises(ValueError, match="labels"), OutputNodes(scene, "Module", volume.GetID()) as outputs:
+        seg = outputs.node("segmentation", "vtkMRMLSegmentationNode", "vessels")
+        bridge.segmentation_node_from_label_map(grid.to_sitk(labels), scene, _segments(1), "vessels", volume, seg)
+        model = outputs.node("model", "vtkMRMLModelNode", "centrelines")
+        bridge.model_node_from_centerlines(np.zeros((3, 3)), np.ones(3), scene, "centrelines", node=model)
+        # The last output fails: a label no segment describes.
+        bridge.segmentation_node_from_label_map(grid.to_sitk(labels * 7), scene, _segments(1), "bad")
+    assert _node_count(scene) == before, "every node the failed run added (with display nodes) is removed"
+
+
+def test_segmentation_node_reuse_replaces_its_segments():
+    grid = _oblique_grid()
+    labels = np.zeros(grid.shape_kji, np.uint8)
+    labels[2:5, 3:9, 4:12] = 1
+    labels[6:8, 1:4, 1:6] = 2
+    scene = bridge.new_scene()
+    volume = bridge.volume_node_from_sitk(grid.to_sitk(labels), scene, "reference")
+    node = bridge.segmentation_node_from_label_map(grid.to_sitk(labels), scene, _segments(2), "seg", volume)
+    fewer = np.where(labels == 2, 0, labels).astype(np.uint8)
+    again = bridge.segmentation_node_from_label_map(grid.to_sitk(fewer), scene, _segments(1), "seg", volume, node)
+    assert again is node and node.GetSegmentation().GetNumberOfSegments() == 1
+    back = bridge.label_map_from_segmentation_node(node, volume)
+    assert np.array_equal(sitk.GetArrayFromImage(back.image), fewer)

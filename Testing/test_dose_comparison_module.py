@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pandas as pd
 import pytest
 
 pytest.importorskip("slicer", reason="module tests need the slicer-core wheel (pip install imaginfo[slicer-core])")
@@ -25,27 +28,61 @@ def test_module_self_test_passes(module, slicer_scene):
 def test_parameter_node_drives_the_logic_and_edits_count(module, slicer_scene, small_study, tmp_path):
     logic = module.ImagInfoDoseComparisonLogic()
     parameters = logic.getParameterNode()
-    parameters.manifestFile = str(small_study / "manifest.csv")
-    parameters.outputFolder = str(tmp_path / "out")
-    table, unmatched = logic.studyFromParameterNode(parameters)
+    assert logic.applyBlocker(parameters).startswith("Group a manifest")
+    study, unmatched = logic.readStudy(manifest=small_study / "manifest.csv")
+    table = logic.studyTableNode(study)
     assert table.GetNumberOfRows() == 4 and unmatched.empty
     parameters.studyTable = table
+    assert logic.applyBlocker(parameters) == "Choose an output folder."
+    parameters.outputFolder = tmp_path / "out"
+    assert logic.applyBlocker(parameters) == ""
     # The user relabels a series in the table; the run uses the edited grouping.
     recon_column = table.GetTable().GetColumnByName("recon")
     edited_row = next(r for r in range(4) if recon_column.GetValue(r) == "DL")
     recon_column.SetValue(edited_row, "DLR")
     inputs = logic.inputsFromParameterNode(parameters)
     assert sorted(inputs["study"]["recon"].unique()) == ["DL", "DLR", "FBP"]
+    assert inputs["workers"] is None, "0 workers in the panel means one per core"
     result = logic.compare(**inputs)
     assert set(result.iq["recon"]) == {"DL", "DLR", "FBP"}
+    assert pd.read_csv(tmp_path / "out" / "study.csv")["recon"].tolist().count("DLR") == 1, "the run's study is kept"
     nodes = logic.createOutputNodes(result)
     assert nodes["charts"]["iqr_hu"].GetNumberOfPlotSeriesNodes() == 3
+    # Grouping again reuses the study table node.
+    assert logic.studyTableNode(study, None) is table
+
+
+def test_dicom_folder_and_database_group_like_the_manifest(module, slicer_scene, tiny_study):
+    from ImagInfoExtension.dose.study import read_manifest
+
+    logic = module.ImagInfoDoseComparisonLogic()
+    expected = read_manifest(tiny_study / "manifest.csv")[["recon", "dose_mgy", "repetition"]]
+    folder_study, folder_left_out = logic.readStudy(dicomFolder=tiny_study / "dicom")
+    assert folder_left_out.empty
+    pd.testing.assert_frame_equal(folder_study[["recon", "dose_mgy", "repetition"]], expected)
+
+    class Database:
+        """Slicer's DICOM database, as much of it as the grouping asks for."""
+
+        def filesForSeries(self, uid):
+            folder = next(p for p in (tiny_study / "dicom").iterdir() if p.name == series[uid])
+            return [str(p) for p in sorted(folder.glob("*.dcm"))]
+
+    manifest = pd.read_csv(tiny_study / "manifest.csv")
+    series = {row.series_uid: Path(row.dicom_dir).name for row in manifest.itertuples()}
+    from ImagInfoExtension.bridge.dicom import study_from_database
+
+    database_study, _ = study_from_database(list(series), database=Database())
+    pd.testing.assert_frame_equal(database_study[["recon", "dose_mgy", "repetition"]], expected)
+    assert sorted(database_study["series_uid"]) == sorted(series)
+    with pytest.raises(ValueError, match="has no files in the DICOM database"):
+        study_from_database(["1.2.3"], database=type("Empty", (), {"filesForSeries": lambda self, uid: []})())
 
 
 def test_empty_study_table_is_refused_with_the_fix(module, slicer_scene, tmp_path):
     logic = module.ImagInfoDoseComparisonLogic()
     parameters = logic.getParameterNode()
-    parameters.outputFolder = str(tmp_path)
+    parameters.outputFolder = tmp_path
     with pytest.raises(ValueError, match="study table is empty"):
         logic.inputsFromParameterNode(parameters)
 
@@ -54,15 +91,18 @@ def test_cancel_keeps_finished_series_and_leaves_the_scene(module, slicer_scene,
     slicer = slicer_scene
     logic = module.ImagInfoDoseComparisonLogic()
     study, _ = logic.readStudy(manifest=small_study / "manifest.csv")
+    study = study[study["repetition"] == 1]  # two series: cancelled after the first
     before = slicer.mrmlScene.GetNumberOfNodes()
-    job = logic.startComparison(study, str(tmp_path / "out"))
-    while job.is_alive() and job.progress[0] < 1:
-        job.wait(0.1)
-    job.cancel()
-    job.wait(120)
-    assert job.cancelled and job.result is None
+    job = logic.compare(study, tmp_path / "out", workers=0, wait=False)
+    while not job.finished and not list((tmp_path / "out" / "cases").glob("*.json")):
+        job.poll()
+    job.cancel(wait=True)
+    assert job.state == "cancelled"
+    with pytest.raises(InterruptedError):
+        job.result()
+    job.close()
     assert slicer.mrmlScene.GetNumberOfNodes() == before
     finished = list((tmp_path / "out" / "cases").glob("*.json"))
-    assert 1 <= len(finished) < 4
-    result = logic.compare(study, str(tmp_path / "out"))
+    assert len(finished) == 1
+    result = logic.compare(study, tmp_path / "out", workers=0)
     assert len(result.batch.cached) == len(finished)

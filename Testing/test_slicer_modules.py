@@ -35,10 +35,43 @@ def test_top_level_cmake_adds_every_module():
         "EXTENSION_DEPENDS",
     ):
         assert re.search(rf"set\({field}\s", cmake), field
-    assert re.search(r"set\(EXTENSION_DEPENDS\s+PyTorch\s+SlicerRadiomics\)", cmake)
     assert "find_package(Slicer REQUIRED)" in cmake
+    assert re.search(r'VERSION_LESS "5\.10"\)\s*message\(FATAL_ERROR', cmake), "Slicer < 5.10 stops the build"
     added = re.findall(r"add_subdirectory\(Modules/Scripted/(\w+)\)", cmake)
     assert sorted(added) == MODULE_IDS
+
+
+def _extension_depends() -> list[str]:
+    cmake = (REPOSITORY / "CMakeLists.txt").read_text()
+    depends = re.search(r"set\(EXTENSION_DEPENDS\s+([^)]*)\)", cmake).group(1).replace('"', "").split()
+    return [] if depends == ["NA"] else depends
+
+
+def test_extension_depends_only_on_what_the_code_uses():
+    """SlicerRadiomics is missing on macOS and nothing uses PyTorch yet: no dependency until one is used everywhere."""
+    uses = {
+        "PyTorch": r"PyTorchUtils",
+        "SlicerRadiomics": r"^\s*(import|from) radiomics",
+    }
+    sources = [
+        p.read_text() for p in [*REPOSITORY.glob("ImagInfoExtension/**/*.py"), *REPOSITORY.glob("Modules/**/*.py")]
+    ]
+    for extension in _extension_depends():
+        pattern = uses.get(extension)
+        assert pattern and any(re.search(pattern, text, re.M) for text in sources), f"{extension} is not used"
+
+
+def test_extension_description_names_only_what_exists():
+    cmake = (REPOSITORY / "CMakeLists.txt").read_text()
+    description = re.search(r'set\(EXTENSION_DESCRIPTION "([^"]*)"\)', cmake).group(1)
+    assert "5.10 or later" in description
+    for word, module in (("radiomics", "ImagInfoRadiomics"), ("segmentation", "ImagInfoSegmentation")):
+        assert (word in description.lower()) == (module in MODULE_IDS), f"{word!r} in the description vs {module}"
+    for module in MODULE_IDS:
+        title = re.search(
+            r'_\("(ImagInfo [^"]+)"\)', (REPOSITORY / "Modules/Scripted" / module / f"{module}.py").read_text()
+        )
+        assert title.group(1) in description
 
 
 def test_core_package_files_are_installed():
@@ -49,7 +82,7 @@ def test_core_package_files_are_installed():
     present = {
         p.relative_to(package).as_posix()
         for p in package.rglob("*")
-        if p.suffix in (".py", ".csv") and "__pycache__" not in p.parts
+        if p.suffix in (".py", ".csv", ".txt") and "__pycache__" not in p.parts and p.name != "CMakeLists.txt"
     }
     assert listed == present
 
@@ -60,7 +93,7 @@ def test_extension_catalog_entry():
     entry = json.loads((REPOSITORY / "ImagInfo.json").read_text())
     assert "slicer-extension-catalog-entry-schema-v1.0.1.json" in entry["$schema"]
     assert entry["category"] == "Quantification"
-    assert entry["build_dependencies"] == ["PyTorch", "SlicerRadiomics"]
+    assert entry["build_dependencies"] == _extension_depends(), "the catalog entry matches EXTENSION_DEPENDS"
 
 
 @pytest.mark.parametrize("module_dir", MODULES, ids=MODULE_IDS)
@@ -130,8 +163,8 @@ def test_module_ui_is_consistent(module_dir):
 
     names, parameters = _ui_widget_names(ui_path)
     source = (module_dir / f"{module_dir.name}.py").read_text()
-    used = set(re.findall(r"self\.ui\.(\w+)", source))
-    assert used <= names, f"widgets used but absent from the .ui: {sorted(used - names)}"
+    used = set(re.findall(r"self\.ui\.(\w+)", source)) | set(re.findall(r"self\.ui\.(\w+)", SCAFFOLDING.read_text()))
+    assert used <= names, f"widgets used (by the module or the shared widget) but absent from the .ui: {used - names}"
 
     module = _load_module_source(module_dir)
     wrappers = [v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "allParameters")]
@@ -145,3 +178,134 @@ def test_module_ui_is_consistent(module_dir):
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     for suffix in ("", "Widget", "Logic", "Test"):
         assert f"{module_dir.name}{suffix}" in classes
+
+
+SCAFFOLDING = REPOSITORY / "ImagInfoExtension" / "bridge" / "scaffolding.py"
+
+
+def _ui_widgets(ui_path: Path) -> list[tuple[str, str, dict]]:
+    """(class, name, properties) of every widget in a .ui file."""
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.parse(ui_path).getroot()
+    found = []
+    for widget in root.iter("widget"):
+        properties = {}
+        for prop in widget.findall("property"):
+            value = prop[0]
+            properties[prop.get("name")] = value.text if value.tag == "string" else value.tag
+        found.append((widget.get("class"), widget.get("name"), properties))
+    return found
+
+
+@pytest.mark.parametrize("module_dir", MODULES, ids=MODULE_IDS)
+def test_every_mrml_widget_gets_the_scene(module_dir):
+    """Slicer's template connects mrmlSceneChanged to setMRMLScene for each qMRML widget (else it stays disabled)."""
+    import xml.etree.ElementTree as ElementTree
+
+    ui_path = module_dir / "Resources" / "UI" / f"{module_dir.name}.ui"
+    root = ElementTree.parse(ui_path).getroot()
+    top = root.find("widget").get("name")
+    connected = {
+        c.find("receiver").text
+        for c in root.iter("connection")
+        if c.find("sender").text == top
+        and c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"
+    }
+    mrml_widgets = {name for kind, name, _ in _ui_widgets(ui_path) if kind.startswith("qMRML") and name != top}
+    assert mrml_widgets and mrml_widgets <= connected, f"no scene for: {sorted(mrml_widgets - connected)}"
+
+
+#: Which widget classes Slicer's parameterNodeWrapper can bind to each parameter type
+#: (its GuiConnectors check the exact widget class).
+_CONNECTABLE = {
+    "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+    "str": {"QLineEdit", "QLabel", "QTextEdit"},
+    "choice": {"QComboBox", "ctkComboBox"},
+    "float": {"QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget", "QSlider", "QSpinBox"},
+    "int": {"QSpinBox", "QSlider", "ctkSliderWidget", "ctkDoubleSpinBox", "QDoubleSpinBox"},
+    "bool": {"QCheckBox", "QPushButton", "ctkCheckablePushButton"},
+    "node": {"qMRMLNodeComboBox"},
+}
+
+
+@pytest.mark.parametrize("module_dir", MODULES, ids=MODULE_IDS)
+def test_each_parameter_has_a_widget_slicer_can_bind(module_dir):
+    import pathlib
+    import typing
+
+    module = _load_module_source(module_dir)
+    wrapper = next(v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "allParameters"))
+    ui_path = module_dir / "Resources" / "UI" / f"{module_dir.name}.ui"
+    bound = {
+        props["SlicerParameterName"]: kind for kind, _, props in _ui_widgets(ui_path) if "SlicerParameterName" in props
+    }
+    import slicer
+
+    for name, (kind, metadata) in wrapper.allParameters.items():
+        if isinstance(kind, type) and issubclass(kind, slicer.vtkMRMLNode):
+            category = "node"
+        elif isinstance(kind, type) and issubclass(kind, pathlib.PurePath):
+            category = "Path"
+        elif kind is str and any(type(m).__name__ == "Choice" for m in metadata):
+            category = "choice"
+        else:
+            category = kind.__name__
+        assert bound[name] in _CONNECTABLE[category], f"{name} ({category}) is bound to a {bound[name]}"
+        if category == "str":
+            assert not re.search(r"(file|folder|path|dir)$", name, re.I), f"{name} names a path: make it a Path"
+    assert typing  # the annotations above come from typing.Annotated
+
+
+def _imports(path: Path, at_load: bool = False) -> set[str]:
+    """Top-level packages a file imports (anywhere, or only ``at_load``: its module-level statements)."""
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in tree.body if at_load else ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_the_bridge_imports_slicer_qt_ctk_or_vtk():
+    bridge = REPOSITORY / "ImagInfoExtension" / "bridge"
+    sources = [p for p in (REPOSITORY / "ImagInfoExtension").rglob("*.py") if bridge not in p.parents]
+    sources += list((REPOSITORY / "Modules").rglob("*.py"))
+    offenders = {
+        str(p.relative_to(REPOSITORY)): sorted(_imports(p) & {"slicer", "qt", "ctk", "vtk", "SampleData"})
+        for p in sources
+    }
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_no_module_works_on_a_python_thread():
+    """Slicer does not enable PythonQt's thread support: jobs run as child processes instead."""
+    bridge = REPOSITORY / "ImagInfoExtension" / "bridge"
+    for path in [*bridge.glob("*.py"), *(REPOSITORY / "Modules").rglob("*.py")]:
+        assert not _imports(path) & {"threading", "concurrent"}, f"{path.name} uses threads"
+
+
+#: Files an old Slicer (5.8, Python 3.9) imports before it can say it is too old.
+PYTHON_39_FILES = [
+    REPOSITORY / "ImagInfoExtension" / "__init__.py",
+    REPOSITORY / "ImagInfoExtension" / "bridge" / "__init__.py",
+    REPOSITORY / "ImagInfoExtension" / "bridge" / "compat.py",
+    REPOSITORY / "ImagInfoExtension" / "bridge" / "sampledata.py",
+    SCAFFOLDING,
+    *[m / f"{m.name}.py" for m in MODULES],
+]
+
+
+@pytest.mark.parametrize("path", PYTHON_39_FILES, ids=lambda p: p.name)
+def test_what_an_old_slicer_imports_is_python_39(path):
+    tree = ast.parse(path.read_text(), feature_version=(3, 9))
+    imported = _imports(path, at_load=True)
+    assert not imported & {"pandas", "numpy", "SimpleITK", "scipy"}, f"{path.name} imports {imported} at load time"
+    if path.name not in ("__init__.py",):
+        assert (
+            any(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in tree.body)
+            or path.parent.parent.name == "Scripted"
+        ), f"{path.name} needs `from __future__ import annotations`"

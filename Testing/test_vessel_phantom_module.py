@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -63,44 +61,62 @@ def test_roi_restricts_the_search(module, slicer_scene):
     assert boxed.total_volume_ml == pytest.approx(whole.total_volume_ml / 2, rel=0.1)
 
 
-def test_design_segmentation_is_a_truth(module, slicer_scene):
+def test_design_segmentation_is_a_truth(module, slicer_scene, tmp_path):
     slicer = slicer_scene
     from ImagInfoExtension import bridge
     from ImagInfoExtension.phantom import VirtualScanner
     from ImagInfoExtension.phantom.design import DEFAULT_RADII_MM
+    from ImagInfoExtension.vessels import load_truth
 
     scanner = VirtualScanner(size="small")
     labels = scanner.truth.label_image()
     segments = [
-        bridge.SegmentDescription(label=n + 1, name=f"vessel r={r:g} mm") for n, r in enumerate(DEFAULT_RADII_MM)
+        bridge.SegmentDescription(label=row["label"], name=row["name"], color=tuple(row["color"]))
+        for row in scanner.truth.segment_table()
     ]
     volume = bridge.volume_node_from_sitk(labels, slicer.mrmlScene, "grid")
     design = bridge.segmentation_node_from_label_map(labels, slicer.mrmlScene, segments, "design", volume)
     logic = module.ImagInfoVesselPhantomLogic()
-    truth = logic.truthFrom(design, volume)
-    assert truth.radii_mm == tuple(DEFAULT_RADII_MM), [float(r) for r in truth.radii_mm]
+    arguments = logic.designArguments(design, volume, None, tmp_path)
+    assert arguments[0] == "--truth" and arguments[2] == "--radii"
+    radii = [float(r) for r in arguments[3].split(",")]
+    assert radii == list(DEFAULT_RADII_MM), "each segment's name gives its radius"
+    truth = load_truth(arguments[1], radii)
     lengths = scanner.design.centerline_length_mm()
     # Skeleton length of the label map approximates the design's centreline length.
     assert truth.length_mm(4.25) == pytest.approx(lengths[4.25], rel=0.35)
+    design.GetSegmentation().GetNthSegment(0).SetName("first")
+    with pytest.raises(ValueError, match="does not name its radius"):
+        logic.designArguments(design, volume, None, tmp_path)
 
 
-def test_sample_data_is_generated_locally(module, tmp_path, monkeypatch):
-    registered = {}
-    fake = types.ModuleType("SampleData")
+def test_sample_data_is_registered_cheaply_and_generated_on_demand(module, tmp_path):
+    import slicer_harness
 
-    class SampleDataLogic:
-        @staticmethod
-        def registerCustomSampleDataSource(**arguments):
-            registered.update(arguments)
+    with slicer_harness.application((5, 12)) as app:
+        module.ImagInfoVesselPhantom(slicer_harness.ModuleParent(module.__file__))
+        assert not slicer_harness.EVENTS, "nothing happens before Slicer has started"
+        app.emit("startupCompleted()")
+        ((kind, registered),) = slicer_harness.EVENTS
+        assert kind == "registerCustomSampleDataSource"
+        assert registered["loadFileTypes"] == ["VolumeFile", "SegmentationFile"]
+        assert callable(registered["customDownloader"]) and Path(registered["thumbnailFileName"]).is_file()
+        for uri, name in zip(registered["uris"], registered["fileNames"], strict=True):
+            assert uri.startswith("file://") and uri.endswith(name)
 
-    fake.SampleDataLogic = SampleDataLogic
-    monkeypatch.setitem(sys.modules, "SampleData", fake)
-    monkeypatch.setattr(module, "sampleDataFolder", lambda: tmp_path / "ImagInfo")
-    module.registerSampleData()
-    assert registered["sampleDescription"] == "ImagInfo vessel phantom"
-    assert registered["loadFileType"] == ["VolumeFile", "SegmentationFile"]
-    for uri, name in zip(registered["uris"], registered["fileNames"], strict=True):
-        assert uri.startswith("file://") and uri.endswith(name)
-        assert (tmp_path / "ImagInfo" / name).stat().st_size > 0
-    assert (tmp_path / "ImagInfo" / "truth.json").is_file()
-    assert Path(registered["thumbnailFileName"]).is_file()
+        import slicer
+
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        nodes = module.SAMPLE.load(folder=tmp_path / "ImagInfo", scene=slicer.mrmlScene)
+    written = {p.name for p in (tmp_path / "ImagInfo").iterdir()}
+    assert set(module.SAMPLE.file_names) <= written, "the registration names the files imaginfo sample writes"
+    volume, truth = nodes
+    assert [volume.GetName(), truth.GetName()] == list(module.SAMPLE.node_names)
+    assert volume.GetImageData().GetDimensions()[2] > 10
+    segmentation = truth.GetSegmentation()
+    names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+    assert names[0] == "vessel r=0.1 mm" and len(names) == 9
+    assert slicer.mrmlScene.GetNumberOfNodes() > before
+    stamp = (tmp_path / "ImagInfo" / module.SAMPLE.file_names[0]).stat().st_mtime_ns
+    module.SAMPLE.generate(tmp_path / "ImagInfo")
+    assert (tmp_path / "ImagInfo" / module.SAMPLE.file_names[0]).stat().st_mtime_ns == stamp, "generated once"

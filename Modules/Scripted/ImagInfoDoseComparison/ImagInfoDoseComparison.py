@@ -1,20 +1,27 @@
 """ImagInfo dose comparison: CT dose levels and reconstructions across repeated scans.
 
-All computation lives in ``ImagInfoExtension.dose`` and ``ImagInfoExtension.batch``;
-MRML conversion lives in ``ImagInfoExtension.bridge``. This file holds the module
-description, the typed parameter node, a thin widget, the logic (callable from the
-Python console) and the self-test.
+The computation is ``imaginfo compare`` (``ImagInfoExtension.dose`` on the batch
+engine), run as a child process; grouping a DICOM folder is ``imaginfo study``. What
+modules share is in ``ImagInfoExtension.bridge.scaffolding``. This file holds what
+is this module's own: its description, parameter node, the study table, how a run
+becomes the command's arguments, how its outputs become nodes, and its self-test.
 """
 
 from pathlib import Path
 from typing import Annotated
 
-import slicer
-from slicer import vtkMRMLTableNode
-from slicer.i18n import tr as _
-from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import *
+from ImagInfoExtension.bridge.scaffolding import (
+    Choice,
+    ImagInfoModule,
+    ImagInfoModuleLogic,
+    ImagInfoModuleTest,
+    ImagInfoModuleWidget,
+    WithinRange,
+    optionalPath,
+    parameterNodeWrapper,
+    vtkMRMLTableNode,
+)
+from ImagInfoExtension.bridge.scaffolding import tr as _
 
 #: Columns of the editable study table.
 STUDY_TABLE_COLUMNS = ["path", "dose_mgy", "recon", "repetition", "series_uid"]
@@ -29,27 +36,34 @@ CHARTED_METRICS = (
     ("dprime_npwe", False),
 )
 
+#: ``imaginfo compare`` flag of each console keyword.
+COMPARE_FLAGS = {
+    "radius_mm": "--radius",
+    "test": "--test",
+    "reference_recon": "--reference",
+    "reference_dose_mgy": "--reference-dose",
+}
+
 
 #
 # ImagInfoDoseComparison
 #
 
 
-class ImagInfoDoseComparison(ScriptedLoadableModule):
+class ImagInfoDoseComparison(ImagInfoModule):
     def __init__(self, parent):
-        ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = _("ImagInfo Dose Comparison")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        self.parent.dependencies = []
-        self.parent.contributors = ["ImagInfo developers"]
-        self.parent.helpText = _(
-            "Compares CT dose levels (CTDIvol) and reconstructions (FBP, iterative, deep learning) across repeated "
-            "scans of the vessel phantom: vessel quantification per radius and AAPM TG-233 image quality (noise, "
-            "NPS, TTF, CNR, d') of every series, mean ± SD over repetitions, tests between reconstructions, and a "
-            "report with tables and plots. From the Python console: "
-            "<code>slicer.util.getModuleLogic('ImagInfoDoseComparison').compare(study, outputFolder=...)</code>."
+        ImagInfoModule.__init__(self, parent)
+        self.describe(
+            _("ImagInfo Dose Comparison"),
+            _(
+                "Compares CT dose levels (CTDIvol) and reconstructions (FBP, iterative, deep learning) across "
+                "repeated scans of the vessel phantom: vessel quantification per radius and AAPM TG-233 image "
+                "quality (noise, NPS, TTF, CNR, d') of every series, mean ± SD over repetitions, tests between "
+                "reconstructions, and a report with tables and plots. The work runs as a separate process with "
+                "Slicer's Python; Cancel keeps the finished series. From the Python console: "
+                "<code>slicer.util.getModuleLogic('ImagInfoDoseComparison').compare(study, outputFolder=...)</code>."
+            ),
         )
-        self.parent.acknowledgementText = _("ImagInfo, a 3D Slicer extension for quantitative imaging research.")
 
 
 #
@@ -65,20 +79,20 @@ class ImagInfoDoseComparisonParameterNode:
     studyTable - one row per series (path, dose_mgy, recon, repetition, series_uid), editable.
     truthFile - optional phantom design.
     radiusMm, statisticalTest, referenceRecon - what is tabulated and tested.
-    workers, schedulerAddress - where the series are measured.
+    workers, schedulerAddress - where the series are measured (0 workers: one per core).
     outputFolder - report, tables, plots and the per-series cache.
     """
 
-    manifestFile: str = ""
-    dicomFolder: str = ""
+    manifestFile: Path
+    dicomFolder: Path
     studyTable: vtkMRMLTableNode
-    truthFile: str = ""
+    truthFile: Path
     radiusMm: Annotated[float, WithinRange(0.1, 20.0)] = 3.0
     statisticalTest: Annotated[str, Choice(["welch", "kruskal"])] = "welch"
     referenceRecon: str = "FBP"
     workers: Annotated[int, WithinRange(0, 64)] = 0
     schedulerAddress: str = ""
-    outputFolder: str = ""
+    outputFolder: Path
 
 
 #
@@ -86,111 +100,48 @@ class ImagInfoDoseComparisonParameterNode:
 #
 
 
-class ImagInfoDoseComparisonWidget(ScriptedLoadableModuleWidget):
-    """Thin GUI: builds the study table, starts the logic's background job, shows progress."""
+class ImagInfoDoseComparisonWidget(ImagInfoModuleWidget):
+    def createLogic(self):
+        return ImagInfoDoseComparisonLogic()
 
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
-        self._timer = None
-
-    def setup(self) -> None:
-        import qt
-
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ImagInfoDoseComparison.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = ImagInfoDoseComparisonLogic()
-        self.ui.testComboBox.addItems(["welch", "kruskal"])
-        self._timer = qt.QTimer()
-        self._timer.setInterval(300)
-        self._timer.connect("timeout()", self._poll)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+    def setupModule(self):
         self.ui.loadStudyButton.connect("clicked(bool)", self.onLoadStudy)
         self.ui.addSceneVolumesButton.connect("clicked(bool)", self.onAddSceneVolumes)
         self.ui.studyTableSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.studyTableView.setMRMLTableNode)
-        self.ui.progressBar.setVisible(False)
-        self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
-        if self._parameterNode and self._parameterNodeGuiTag:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+    def onLoadStudy(self):
+        parameters = self._parameterNode
+        if not self.logic.ensureRequirements():
+            self.setStatus(_("Nothing was grouped: the module's Python packages are not installed."))
+            return
+        dicomFolder = optionalPath(parameters.dicomFolder)
+        if optionalPath(parameters.manifestFile) is None and dicomFolder is not None:
+            self.runJob(self.logic.startGrouping(dicomFolder), self._onStudyGrouped)
+            return
+        study, unmatched = self.logic.readStudy(manifest=optionalPath(parameters.manifestFile))
+        self._onStudyGrouped(None, (study, unmatched))
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        parameterNode = self.logic.getParameterNode()
-        if self._parameterNode and self._parameterNodeGuiTag:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = parameterNode
-        self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
-
-    def onLoadStudy(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not group the series."), waitCursor=True):
-            table, unmatched = self.logic.studyFromParameterNode(self._parameterNode)
-            self._parameterNode.studyTable = table
-            self.ui.statusLabel.text = _("{count} series grouped; {left} left out").format(
-                count=table.GetNumberOfRows(), left=len(unmatched)
+    def _onStudyGrouped(self, job, grouped=None):
+        study, unmatched = grouped if grouped is not None else job.result()
+        self._parameterNode.studyTable = self.logic.studyTableNode(study, self._parameterNode.studyTable)
+        left = ""
+        if len(unmatched):
+            left = " " + _("Left out: {series}.").format(
+                series="; ".join(f"{row.path} ({row.reason})" for row in unmatched.itertuples())
             )
-            if len(unmatched):
-                slicer.util.infoDisplay(
-                    _("Series left out (no rule or no CTDIvol):") + "\n" + unmatched.to_string(index=False)
-                )
+        return _("{count} series grouped.").format(count=len(study)) + left
 
-    def onAddSceneVolumes(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not add the scene's volumes."), waitCursor=True):
-            folder = self.logic.outputFolderOf(self._parameterNode)
-            self._parameterNode.studyTable = self.logic.studyTableFromVolumes(
-                slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"), folder, self._parameterNode.studyTable
-            )
-
-    def onApplyButton(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
-            self.ui.statusLabel.text = _("Cancelling after the series now running...")
+    def onAddSceneVolumes(self):
+        if not self.logic.ensureRequirements():
             return
-        with slicer.util.tryWithErrorDisplay(_("Cannot start the comparison."), waitCursor=True):
-            if not self.logic.ensureRequirements():
-                return
-            self._job = self.logic.startComparison(**self.logic.inputsFromParameterNode(self._parameterNode))
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.progressBar.setVisible(True)
-            self.ui.progressBar.value = 0
-            self._timer.start()
-
-    def _poll(self) -> None:
-        job = self._job
-        done, total, message = job.progress
-        self.ui.progressBar.value = int(100 * done / max(total, 1))
-        self.ui.statusLabel.text = message
-        if job.is_alive():
+        folder = optionalPath(self._parameterNode.outputFolder)
+        if folder is None:
+            self.setStatus(_("Choose the output folder first: the scene's volumes are saved under it."))
             return
-        self._timer.stop()
-        self._job = None
-        self.ui.applyButton.text = _("Apply")
-        self.ui.progressBar.setVisible(False)
-        if job.cancelled:
-            self.ui.statusLabel.text = _("Cancelled; finished series are kept and a new run goes on from them.")
-            return
-        if job.error is not None:
-            self.ui.statusLabel.text = _("Failed.")
-            slicer.util.errorDisplay(str(job.error))
-            return
-        with slicer.util.tryWithErrorDisplay(_("Could not create the output nodes."), waitCursor=True):
-            nodes = self.logic.createOutputNodes(job.result)
-            self.logic.showResults(nodes)
-            result = job.result
-            self.ui.statusLabel.text = _("{ok} series measured, {failed} failed. Report: {report}").format(
-                ok=len(result.batch.succeeded), failed=len(result.failures), report=result.files["report"]
-            )
+        self._parameterNode.studyTable = self.logic.studyTableFromVolumes(
+            self.logic.sceneVolumes(), folder, self._parameterNode.studyTable
+        )
+        self.setStatus(_("Fill in each volume's dose, reconstruction and repetition in the table."))
 
 
 #
@@ -198,29 +149,36 @@ class ImagInfoDoseComparisonWidget(ScriptedLoadableModuleWidget):
 #
 
 
-class ImagInfoDoseComparisonLogic(ScriptedLoadableModuleLogic):
+class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
     """Dose and reconstruction comparison on files, the DICOM database or the scene.
 
     Example, from Slicer's Python console::
 
         logic = slicer.util.getModuleLogic("ImagInfoDoseComparison")
-        study = logic.readStudy(manifest="/data/study/manifest.csv")
+        study, leftOut = logic.readStudy(manifest="/data/study/manifest.csv")
         result = logic.compare(study, outputFolder="/data/comparison", truth="/data/study/truth.json")
         print(result.tables["iqr_hu"])
         logic.createOutputNodes(result)
+
+    ``compare(..., wait=False)`` returns the running job instead (``poll()``,
+    ``cancel()``, ``wait()``, ``result()``).
     """
 
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
+    parameterNodeClass = ImagInfoDoseComparisonParameterNode
 
-    def getParameterNode(self):
-        return ImagInfoDoseComparisonParameterNode(super().getParameterNode())
+    def applyBlocker(self, parameterNode):
+        table = parameterNode.studyTable
+        if table is None or table.GetNumberOfRows() == 0:
+            return _("Group a manifest or DICOM folder, or add the scene's volumes, to fill the study table.")
+        if optionalPath(parameterNode.outputFolder) is None:
+            return _("Choose an output folder.")
+        return ""
 
-    def ensureRequirements(self) -> bool:
-        """Install missing Python packages (dask, openpyxl, ...) on first use."""
-        from ImagInfoExtension import bridge
+    def applyDescription(self):
+        return _("Compare the study's series in the background; click again to cancel.")
 
-        return bridge.ensure_python_requirements(requester="ImagInfo Dose Comparison")
+    def cancelledDescription(self):
+        return _("Cancelled; finished series are kept and a new run goes on from them.")
 
     # Study --------------------------------------------------------------------------
 
@@ -228,67 +186,57 @@ class ImagInfoDoseComparisonLogic(ScriptedLoadableModuleLogic):
         """A study table (pandas) from a manifest CSV or a DICOM folder; also the series left out."""
         import pandas as pd
 
-        from ImagInfoExtension.dose.study import DEFAULT_RULES, read_manifest, study_from_dicom
+        from ImagInfoExtension.dose.study import read_manifest
 
         if manifest:
-            return read_manifest(manifest), pd.DataFrame()
+            return read_manifest(manifest), pd.DataFrame(columns=["path", "series_uid", "series_description", "reason"])
         if dicomFolder:
-            return study_from_dicom(dicomFolder, rules or DEFAULT_RULES)
+            return self.runJob(self.startGrouping(dicomFolder, rules))
         raise ValueError("give a manifest CSV or a DICOM folder, or add volumes from the scene")
 
-    def studyFromDicomDatabase(self, seriesUIDs, rules=None):
-        """A study from series of Slicer's DICOM database, grouped from their tags."""
+    def startGrouping(self, dicomFolder, rules=None):
+        """Start ``imaginfo study`` on a DICOM folder; its result is ``(study, leftOut)``."""
         import pandas as pd
 
-        from ImagInfoExtension.dose.study import (
-            DEFAULT_RULES,
-            classify_reconstruction,
-            number_repetitions,
-            validate_study,
-        )
+        from ImagInfoExtension.dose.study import left_out_path, rules_to_json, validate_study
 
-        database = slicer.dicomDatabase
-        tags = {
-            "dose": "0018,9345",
-            "convolution_kernel": "0018,1210",
-            "manufacturer": "0008,0070",
-            "series_description": "0008,103e",
-            "series_number": "0020,0011",
-            "time": "0008,0032",
-        }
-        rows, unmatched = [], []
-        for uid in seriesUIDs:
-            files = database.filesForSeries(uid)
-            if not files:
-                continue
-            value = {key: database.fileValue(files[0], tag) for key, tag in tags.items()}
-            attributes = {k: value[k] for k in ("convolution_kernel", "manufacturer", "series_description")}
-            recon = classify_reconstruction(attributes, rules or DEFAULT_RULES)
-            row = {"path": str(Path(files[0]).parent), "series_uid": uid, **attributes}
-            if not value["dose"] or recon is None:
-                unmatched.append({**row, "reason": "no CTDIvol" if not value["dose"] else "no rule matched"})
-                continue
-            rows.append({**row, "dose_mgy": float(value["dose"]), "recon": recon, "time": value["time"]})
-        if not rows:
-            raise ValueError("none of the selected series has a CTDIvol and a recognised reconstruction")
-        return validate_study(number_repetitions(pd.DataFrame(rows), ("time",))), pd.DataFrame(unmatched)
+        folder = self.newWorkFolder()
+        out = folder / "study.csv"
+        arguments = [str(Path(dicomFolder).resolve()), "--out", str(out)]
+        if rules:
+            (folder / "rules.json").write_text(rules_to_json(rules))
+            arguments += ["--rules", str(folder / "rules.json")]
+
+        def read():
+            study = pd.read_csv(out, dtype={"series_uid": str}, keep_default_na=False)
+            return validate_study(study), pd.read_csv(left_out_path(out), dtype=str, keep_default_na=False)
+
+        return self.startChildJob("study", arguments, readResult=read, workDir=folder)
+
+    def studyFromDicomDatabase(self, seriesUIDs, rules=None):
+        """A study from series of Slicer's DICOM database, grouped from their tags as a folder is."""
+        from ImagInfoExtension.bridge.dicom import study_from_database
+
+        return study_from_database(seriesUIDs, rules)
 
     def studyTableNode(self, study, tableNode=None):
-        """Show a study in an editable table node (created when not given)."""
-        from ImagInfoExtension import bridge
+        """Show a study in an editable table node (reused on the next grouping)."""
+        from ImagInfoExtension.bridge.tables import table_node_from_dataframe
 
-        return bridge.table_node_from_dataframe(
-            study[STUDY_TABLE_COLUMNS].astype({"series_uid": str}), slicer.mrmlScene, "Dose study", tableNode
-        )
+        with self.outputNodes() as outputs:
+            node = outputs.node("study", "vtkMRMLTableNode", "Dose study", tableNode)
+            return table_node_from_dataframe(
+                study[STUDY_TABLE_COLUMNS].astype({"series_uid": str}), self.scene, "", node
+            )
 
     def studyFromTableNode(self, tableNode):
         """The (possibly edited) study table as pandas, validated."""
-        from ImagInfoExtension import bridge
+        from ImagInfoExtension.bridge.tables import dataframe_from_table_node
         from ImagInfoExtension.dose.study import validate_study
 
         if tableNode is None or tableNode.GetNumberOfRows() == 0:
             raise ValueError("the study table is empty: group a manifest or DICOM folder, or add the scene's volumes")
-        frame = bridge.dataframe_from_table_node(tableNode)
+        frame = dataframe_from_table_node(tableNode)
         missing = [c for c in ("path", "dose_mgy", "recon", "repetition") if c not in frame.columns]
         if missing:
             raise ValueError(f"the study table lacks the column(s) {', '.join(missing)}")
@@ -296,75 +244,96 @@ class ImagInfoDoseComparisonLogic(ScriptedLoadableModuleLogic):
             frame["series_uid"] = ""
         return validate_study(frame)
 
-    def studyFromParameterNode(self, parameterNode):
-        study, unmatched = self.readStudy(parameterNode.manifestFile or None, parameterNode.dicomFolder or None)
-        return self.studyTableNode(study, parameterNode.studyTable), unmatched
-
-    def outputFolderOf(self, parameterNode) -> Path:
-        if not parameterNode.outputFolder:
-            raise ValueError("choose an output folder")
-        return Path(parameterNode.outputFolder)
+    def sceneVolumes(self):
+        nodes = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        volumes = [nodes.GetItemAsObject(n) for n in range(nodes.GetNumberOfItems())]
+        nodes.UnRegister(None)
+        return [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
 
     def studyTableFromVolumes(self, volumeNodes, outputFolder, tableNode=None):
         """Rows for scene volumes: each is saved once as NRRD under ``outputFolder/inputs``.
 
-        Dose, reconstruction and repetition come from the volume's DICOM series when it
-        has one in the database; otherwise they are left for the user to fill in.
+        Dose, reconstruction and repetition are left for the user to fill in.
         """
         import pandas as pd
 
-        from ImagInfoExtension import bridge
-        from ImagInfoExtension.io import write_atomically, write_image
+        from ImagInfoExtension.bridge.tables import dataframe_from_table_node
+        from ImagInfoExtension.io import write_atomically
 
         rows = []
         for node in volumeNodes:
             path = Path(outputFolder) / "inputs" / f"{node.GetName()}.nrrd"
             if not path.exists():
-                image = bridge.sitk_from_volume_node(node)
-                write_atomically(path, lambda p, image=image: write_image(image, p))
+                write_atomically(path, lambda p, node=node: self.writeVolume(node, p))
             rows.append({"path": str(path), "dose_mgy": float("nan"), "recon": "", "repetition": 1, "series_uid": ""})
         frame = pd.DataFrame(rows, columns=STUDY_TABLE_COLUMNS)
         if tableNode is not None and tableNode.GetNumberOfRows():
-            frame = pd.concat([bridge.dataframe_from_table_node(tableNode), frame], ignore_index=True)
-        return bridge.table_node_from_dataframe(frame, slicer.mrmlScene, "Dose study", tableNode)
+            frame = pd.concat([dataframe_from_table_node(tableNode), frame], ignore_index=True)
+        return self.studyTableNode(frame, tableNode)
 
-    def inputsFromParameterNode(self, parameterNode) -> dict:
+    # The job ------------------------------------------------------------------------
+
+    def inputsFromParameterNode(self, parameterNode):
         """Keyword arguments of :meth:`compare` from the module's parameter node."""
+        folder = optionalPath(parameterNode.outputFolder)
+        if folder is None:
+            raise ValueError("choose an output folder")
         return {
             "study": self.studyFromTableNode(parameterNode.studyTable),
-            "outputFolder": str(self.outputFolderOf(parameterNode)),
-            "truth": parameterNode.truthFile or None,
-            "workers": parameterNode.workers,
+            "outputFolder": folder,
+            "truth": optionalPath(parameterNode.truthFile),
+            "workers": parameterNode.workers or None,
             "scheduler": parameterNode.schedulerAddress or None,
             "radius_mm": parameterNode.radiusMm,
             "test": parameterNode.statisticalTest,
             "reference_recon": parameterNode.referenceRecon or "FBP",
         }
 
-    # Computation --------------------------------------------------------------------
+    def startComparison(self, study, outputFolder, truth=None, workers=None, scheduler=None, **parameters):
+        """Write the study table and start ``imaginfo compare``; returns the running job (see :meth:`compare`)."""
+        import json
+        from dataclasses import asdict
 
-    def compare(
-        self, study, outputFolder, truth=None, workers=0, scheduler=None, progress=None, cancel=None, **parameters
-    ):
-        """Run the comparison in the calling thread.
+        from ImagInfoExtension.dose.compare import read_comparison
+        from ImagInfoExtension.dose.measure import ComparisonParameters
+        from ImagInfoExtension.io import write_atomically
+
+        if hasattr(study, "IsA"):
+            study = self.studyFromTableNode(study)
+        settings = ComparisonParameters(**parameters)
+        out = Path(outputFolder).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        manifest, settingsFile = out / "study.csv", out / "parameters.json"
+        write_atomically(manifest, lambda p: study.to_csv(p, index=False))
+        write_atomically(settingsFile, lambda p: p.write_text(json.dumps(asdict(settings), indent=1)))
+        arguments = ["--manifest", str(manifest), "--out", str(out), "--parameters", str(settingsFile)]
+        if truth:
+            arguments += ["--truth", str(Path(truth).resolve())]
+        if workers is not None:
+            arguments += ["--workers", str(int(workers))]
+        if scheduler:
+            arguments += ["--scheduler", scheduler]
+        return self.startChildJob("compare", arguments, readResult=lambda: read_comparison(out), outputDir=out)
+
+    def compare(self, study, outputFolder, truth=None, workers=None, scheduler=None, wait=True, **parameters):
+        """Run the comparison as a child process.
 
         Parameters
         ----------
         study : pandas.DataFrame or vtkMRMLTableNode
             ``path,dose_mgy,recon,repetition[,series_uid]``; see :meth:`readStudy`.
-        outputFolder : str
+        outputFolder : str or Path
             Gets report.html, results_long.csv, iq_metrics.csv, table_*.csv, tables.xlsx,
-            plots and the per-series cache (a re-run skips finished series).
-        truth : str, optional
+            plots, the study and parameters it ran with, and the per-series cache (a
+            re-run, or a run after Cancel, skips finished series).
+        truth : str or Path, optional
             The phantom design (truth.json).
-        workers : int
-            0 measures the series one after the other in Slicer's process; n > 0 starts
-            a local Dask cluster with n worker processes.
+        workers : int, optional
+            Local worker processes (default one per core; 0: one series after the other).
         scheduler : str, optional
             Address of a running Dask scheduler.
-        progress : callable, optional
-            ``progress(done, total, message)``.
-        cancel : threading.Event, optional
+        wait : bool
+            True: block (the GUI repaints) and return the result; False: return the job.
         **parameters
             Fields of ``ImagInfoExtension.dose.measure.ComparisonParameters``
             (``radius_mm``, ``test``, ``reference_recon``, ``reference_dose_mgy``, ...).
@@ -373,96 +342,59 @@ class ImagInfoDoseComparisonLogic(ScriptedLoadableModuleLogic):
         -------
         ImagInfoExtension.dose.compare.ComparisonResult
         """
-        from ImagInfoExtension.dose.compare import compare_study
-        from ImagInfoExtension.dose.measure import ComparisonParameters
+        return self.runJob(self.startComparison(study, outputFolder, truth, workers, scheduler, **parameters), wait)
 
-        if hasattr(study, "IsA"):
-            study = self.studyFromTableNode(study)
-        return compare_study(
-            study,
-            outputFolder,
-            ComparisonParameters(**parameters),
-            truth,
-            workers=workers,
-            scheduler=scheduler,
-            progress=progress,
-            cancel=cancel,
+    def startJob(self, parameterNode):
+        return self.startComparison(**self.inputsFromParameterNode(parameterNode))
+
+    def finishJob(self, job, parameterNode):
+        result = job.result()
+        nodes = self.createOutputNodes(result)
+        self.showTableAndPlot(nodes["tables"].get("iqr_hu"), next(iter(nodes["charts"].values()), None))
+        return _("{ok} series measured, {failed} failed. Report: {report}").format(
+            ok=len(result.batch.succeeded), failed=len(result.failures), report=result.files["report"]
         )
-
-    def startComparison(self, study, outputFolder, truth=None, workers=0, scheduler=None, **parameters):
-        """Start :meth:`compare` on a worker thread; returns an ``ImagInfoExtension.batch.BackgroundJob``."""
-        from ImagInfoExtension.batch import BackgroundJob
-
-        if hasattr(study, "IsA"):
-            study = self.studyFromTableNode(study)
-
-        def run(progress, cancel):
-            return self.compare(study, outputFolder, truth, workers, scheduler, progress, cancel, **parameters)
-
-        return BackgroundJob(run)
 
     # Outputs ------------------------------------------------------------------------
 
-    def createOutputNodes(self, result) -> dict:
+    def createOutputNodes(self, result):
         """Table nodes (published-style tables, IQ metrics, statistics) and chart nodes (metric against dose).
 
-        Everything is built first and removed again on failure, so no half-made nodes remain.
+        A re-run updates the same nodes; a failure removes what it added.
         """
-        from ImagInfoExtension import bridge
+        from ImagInfoExtension.bridge.tables import chart_node_from_table, table_node_from_dataframe
         from ImagInfoExtension.dose.analysis import rows_at_radius
 
-        scene = slicer.mrmlScene
-        created = []
+        scene = self.scene
         nodes = {"tables": {}, "charts": {}}
         radius = result.parameters.radius_mm
-        try:
-            for metric, table in result.tables.items():
-                node = bridge.table_node_from_dataframe(table.reset_index(), scene, f"Dose table {metric}")
-                created.append(node)
-                nodes["tables"][metric] = node
-            for name, frame in (("iq_metrics", result.iq), *result.statistics.items()):
-                node = bridge.table_node_from_dataframe(frame, scene, f"Dose {name}")
-                created.append(node)
-                nodes["tables"][name] = node
-            summary = result.summary
+        frames = {f"Dose table {metric}": (metric, table.reset_index()) for metric, table in result.tables.items()}
+        for name, frame in (("iq_metrics", result.iq), *result.statistics.items()):
+            frames[f"Dose {name}"] = (name, frame)
+        with self.outputNodes() as outputs:
+            for title, (key, frame) in frames.items():
+                node = outputs.node(f"table:{key}", "vtkMRMLTableNode", title)
+                nodes["tables"][key] = table_node_from_dataframe(frame, scene, title, node)
             for metric, perRadius in CHARTED_METRICS:
-                rows = rows_at_radius(summary, metric, radius if perRadius else None)
+                rows = rows_at_radius(result.summary, metric, radius if perRadius else None)
                 if rows.empty:
                     continue
                 wide = rows.pivot(index="dose_mgy", columns="recon", values="mean").reset_index()
-                tableNode = bridge.table_node_from_dataframe(wide, scene, f"Dose chart data {metric}")
-                created.append(tableNode)
-                chart = bridge.chart_node_from_table(
-                    tableNode,
+                data = outputs.node(f"chart data:{metric}", "vtkMRMLTableNode", f"Dose chart data {metric}")
+                table_node_from_dataframe(wide, scene, "", data)
+                chart = outputs.node(f"chart:{metric}", "vtkMRMLPlotChartNode", metric)
+                nodes["charts"][metric] = chart_node_from_table(
+                    data,
                     scene,
                     "dose_mgy",
                     [c for c in wide.columns if c != "dose_mgy"],
                     metric,
                     "CTDIvol (mGy)",
                     metric,
+                    log_x=True,
+                    node=chart,
                 )
-                chart.SetXAxisLogScale(True)
-                created.append(chart)
-                nodes["charts"][metric] = chart
-        except Exception:
-            for node in created:
-                scene.RemoveNode(node)
-            raise
         return nodes
-
-    def showResults(self, nodes: dict) -> None:
-        """The IQR chart and table in the plot and table views (GUI only)."""
-        layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
-        selection = slicer.app.applicationLogic().GetSelectionNode()
-        first = next(iter(nodes["charts"].values()), None)
-        if first is not None:
-            selection.SetActivePlotChartID(first.GetID())
-            slicer.app.applicationLogic().PropagatePlotChartSelection()
-        table = nodes["tables"].get("iqr_hu")
-        if table is not None:
-            selection.SetActiveTableID(table.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
 
 
 #
@@ -470,15 +402,8 @@ class ImagInfoDoseComparisonLogic(ScriptedLoadableModuleLogic):
 #
 
 
-class ImagInfoDoseComparisonTest(ScriptedLoadableModuleTest):
+class ImagInfoDoseComparisonTest(ImagInfoModuleTest):
     """Runs inside Slicer (Reload and Test) and under pytest with the slicer-core harness."""
-
-    def setUp(self):
-        slicer.mrmlScene.Clear(0)
-
-    def runTest(self):
-        self.setUp()
-        self.test_compare_virtual_study()
 
     def test_compare_virtual_study(self):
         import tempfile
@@ -494,7 +419,7 @@ class ImagInfoDoseComparisonTest(ScriptedLoadableModuleTest):
         tableNode = logic.studyTableNode(study)
         assert tableNode.GetNumberOfRows() == 8
         self.delayDisplay("Comparing")
-        result = logic.compare(tableNode, str(folder / "out"), truth=str(folder / "study" / "truth.json"))
+        result = logic.compare(tableNode, folder / "out", truth=folder / "study" / "truth.json")
         assert result.failures.empty and len(result.batch.succeeded) == 8
         iqr = result.summary[(result.summary["metric"] == "iqr_hu") & (result.summary["radius_mm"] == 3.0)]
         means = iqr.set_index(["recon", "dose_mgy"])["mean"]
@@ -503,4 +428,7 @@ class ImagInfoDoseComparisonTest(ScriptedLoadableModuleTest):
         nodes = logic.createOutputNodes(result)
         assert nodes["tables"]["iqr_hu"].GetNumberOfRows() == 2
         assert nodes["charts"]["noise_sd_hu"].GetNumberOfPlotSeriesNodes() == 2
+        count = self.scene.GetNumberOfNodes()
+        again = logic.createOutputNodes(result)
+        assert again["tables"]["iqr_hu"] is nodes["tables"]["iqr_hu"] and self.scene.GetNumberOfNodes() == count
         self.delayDisplay("Test passed")
