@@ -104,6 +104,9 @@ class BarProgress:
         self._bar.refresh()
 
     def close(self, succeeded: bool = True) -> None:
+        if succeeded:
+            self._bar.n = self._bar.total
+            self._bar.refresh()
         self._bar.close()
 
 
