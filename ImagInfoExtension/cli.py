@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -341,7 +342,7 @@ def comparison_settings_file(path: Path) -> dict:
 
 
 def run_compare(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
-    from ImagInfoExtension.dose.compare import compare_study
+    from ImagInfoExtension.dose.compare import EXIT_SOME_SERIES_FAILED, compare_study
     from ImagInfoExtension.dose.measure import ComparisonParameters
 
     study, truth = load_study(arguments)
@@ -372,7 +373,7 @@ def run_compare(arguments: argparse.Namespace, progress: ProgressCallback) -> in
     for failure in result.failures.itertuples():
         print(f"FAILED {failure.recon} {failure.dose_mgy:g} mGy rep {failure.repetition}: {failure.error}")
     print(f"report: {result.files['report']}")
-    return 0 if result.failures.empty else 1
+    return 0 if result.failures.empty else EXIT_SOME_SERIES_FAILED
 
 
 def _runner(command: str) -> Callable[[argparse.Namespace, ProgressCallback], int]:
@@ -414,10 +415,36 @@ def _terminate(signal_number: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _exit_with_parent() -> None:
+    """End like Ctrl-C once stdin reaches end of file: the GUI that holds its other end has gone.
+
+    Only when the runner asks for it (``IMAGINFO_PARENT_PIPE=1``): a command started
+    from a shell or a scheduler may well have an empty stdin.
+    """
+    import _thread
+    import threading
+
+    descriptor = sys.stdin.fileno()
+
+    def watch() -> None:
+        # os.read on the descriptor, not sys.stdin's buffered reader: a daemon thread
+        # holding that reader's lock aborts the interpreter's shutdown.
+        try:
+            while os.read(descriptor, 65536):
+                pass
+        except OSError:
+            pass
+        _thread.interrupt_main()
+
+    threading.Thread(target=watch, name="imaginfo-parent-watch", daemon=True).start()
+
+
 def run() -> None:
     """The ``imaginfo`` console script (and ``python -m ImagInfoExtension``)."""
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
+    if os.environ.get("IMAGINFO_PARENT_PIPE") == "1" and sys.stdin is not None:
+        _exit_with_parent()
     sys.exit(main())
 
 

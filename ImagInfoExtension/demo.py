@@ -77,7 +77,7 @@ def run_demo(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
     scene = write_demo_scene(scanner, volumes, out / "phantom_study.mrb")
 
     from ImagInfoExtension.cli import print_study_summary
-    from ImagInfoExtension.dose.compare import compare_study
+    from ImagInfoExtension.dose.compare import EXIT_SOME_SERIES_FAILED, compare_study
     from ImagInfoExtension.dose.measure import ComparisonParameters
     from ImagInfoExtension.dose.study import read_manifest
 
@@ -106,4 +106,4 @@ def run_demo(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
     )
     for failure in result.failures.itertuples():
         print(f"FAILED {failure.recon} {failure.dose_mgy:g} mGy rep {failure.repetition}: {failure.error}")
-    return 0 if result.failures.empty else 1
+    return 0 if result.failures.empty else EXIT_SOME_SERIES_FAILED

@@ -274,22 +274,55 @@ def write_atomically(target: Path, writer: Callable[[Path], object]) -> object:
         shutil.rmtree(temporary.parent, ignore_errors=True)
 
 
-def remove_partial_files(folder: str | Path) -> list[Path]:
-    """Remove the temporary siblings a killed writer left under ``folder``; returns what was removed.
+def write_if_changed(target: Path, writer: Callable[[Path], object]) -> bool:
+    """Write like :func:`write_atomically`, but keep an existing file with the same bytes untouched.
 
-    Only for a folder nothing is writing to any more (a cancelled job's outputs).
+    Returns whether the file changed. Keeping the file keeps its modification time, so
+    the batch engine's cache (keyed by it) still recognises the input.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=target.parent)) / target.name
+    try:
+        writer(staging)
+        if target.is_file() and _same_bytes(staging, target):
+            return False
+        os.replace(staging, target)
+        return True
+    finally:
+        shutil.rmtree(staging.parent, ignore_errors=True)
+
+
+def _same_bytes(first: Path, second: Path, chunk: int = 1 << 20) -> bool:
+    if first.stat().st_size != second.stat().st_size:
+        return False
+    with open(first, "rb") as a, open(second, "rb") as b:
+        while True:
+            block = a.read(chunk)
+            if block != b.read(chunk):
+                return False
+            if not block:
+                return True
+
+
+#: How deep below an output folder :func:`write_atomically` writes (``out/cases/x.json``,
+#: ``out/series/<name>/x.csv``), and so where a killed writer can leave its temporary folder.
+PARTIAL_DEPTH = 2
+
+
+def remove_partial_files(folder: str | Path, depth: int = PARTIAL_DEPTH) -> list[Path]:
+    """Remove the temporary siblings a killed writer left in ``folder`` and ``depth`` levels below it.
+
+    Only for a folder nothing is writing to any more (a cancelled job's outputs). It
+    looks no deeper than ``depth``, so a user's output folder full of other data is
+    not searched.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    leftovers = sorted(folder.rglob(f"{PARTIAL_PREFIX}*"), key=lambda p: len(p.parts))
     removed = []
-    for path in leftovers:
-        if not path.exists():
-            continue  # inside a leftover removed before it
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
+    for level in range(depth + 1):
+        for path in sorted(folder.glob("/".join(["*"] * level + [f"{PARTIAL_PREFIX}*"]))):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
     return removed

@@ -153,8 +153,8 @@ def main() -> dict:
             slicer_harness.EVENTS.clear()
             source = registered[0]
             try:
-                source["customDownloader"](None)
-                report["sample_download"] = "loaded"
+                nodes = source["customDownloader"](None)
+                report["sample_download"] = f"loaded {len(nodes)} nodes" if nodes else "loaded nothing"
             except Exception as error:  # noqa: BLE001 - Slicer shows it; the test reads it
                 report["sample_download"] = f"{type(error).__name__}: {error}"
             report["sample_events"] = [[kind, str(args)] for kind, args in slicer_harness.EVENTS]

@@ -200,7 +200,7 @@ def test_resumed_compare_after_a_kill_skips_finished_series(tiny_study, tmp_path
     (tmp_path / "broken.nrrd").write_text("not an image")
     broken = {"path": str(tmp_path / "broken.nrrd"), "dose_mgy": 4.0, "recon": "FBP", "repetition": 1}
     pd.concat([manifest, pd.DataFrame([broken])]).to_csv(tmp_path / "with_broken.csv", index=False)
-    assert main(["compare", "--manifest", str(tmp_path / "with_broken.csv"), "--out", str(out), "--workers", "0"]) == 1
+    assert main(["compare", "--manifest", str(tmp_path / "with_broken.csv"), "--out", str(out), "--workers", "0"]) == 3
     failures = pd.read_csv(out / "failures.csv")
     assert failures["path"].tolist() == [broken["path"]] and "could not be read" in failures.loc[0, "error"]
     assert len(pd.read_csv(out / "iq_metrics.csv")) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -79,6 +80,21 @@ def test_dicom_folder_and_database_group_like_the_manifest(module, slicer_scene,
         study_from_database(["1.2.3"], database=type("Empty", (), {"filesForSeries": lambda self, uid: []})())
 
 
+def test_a_comparison_with_a_failed_series_still_loads_and_lists_it(module, slicer_scene, small_study, tmp_path):
+    logic = module.ImagInfoDoseComparisonLogic()
+    study, _ = logic.readStudy(manifest=small_study / "manifest.csv")
+    (tmp_path / "broken.nrrd").write_text("not an image")
+    broken = study.iloc[[0]].assign(path=str(tmp_path / "broken.nrrd"), recon="DL", repetition=9)
+    mixed = pd.concat([study[(study["recon"] == "FBP") & (study["repetition"] == 1)], broken])
+    result = logic.compare(mixed, tmp_path / "out", workers=0)
+    assert len(result.batch.succeeded) == 1 and result.failures["path"].tolist() == [str(tmp_path / "broken.nrrd")]
+    assert "could not be read" in result.failures.loc[0, "error"]
+    assert result.tables["iqr_hu"].loc["FBP"].str.contains("±").all()
+    assert (result.tables["iqr_hu"].loc["DL"] == "").all(), "the failed series' row stays empty"
+    nodes = logic.createOutputNodes(result)
+    assert nodes["tables"]["iqr_hu"].GetNumberOfRows() == 2
+
+
 def test_empty_study_table_is_refused_with_the_fix(module, slicer_scene, tmp_path):
     logic = module.ImagInfoDoseComparisonLogic()
     parameters = logic.getParameterNode()
@@ -96,6 +112,7 @@ def test_cancel_keeps_finished_series_and_leaves_the_scene(module, slicer_scene,
     job = logic.compare(study, tmp_path / "out", workers=0, wait=False)
     while not job.finished and not list((tmp_path / "out" / "cases").glob("*.json")):
         job.poll()
+        time.sleep(0.05)
     job.cancel(wait=True)
     assert job.state == "cancelled"
     with pytest.raises(InterruptedError):

@@ -95,8 +95,23 @@ def test_apply_is_enabled_only_for_valid_inputs_then_runs_reruns_and_cancels(ves
     assert parameters.outputTable is table and parameters.outputSegmentation is segmentation
     assert scene.GetNumberOfNodes() == count, "a re-run reuses its output nodes"
 
+    # Inputs changed while a run goes on: the outputs still belong to the run's inputs.
     apply.click()
     job = widget._job
+    other = _cylinders(scene)
+    other.SetName("another volume")
+    parameters.inputVolume = other
+    _run_until_idle(widget)
+    assert job.context["volumeNode"] is volume and parameters.outputTable is table
+    assert table.GetName() == "cylinders per radius"
+    parameters.inputVolume = volume
+    count = scene.GetNumberOfNodes()
+
+    apply.click()
+    job = widget._job
+    while job.progress.done == 0:  # cancel a child whose Python is working, not one still starting
+        slicer_harness.tick()
+        time.sleep(0.05)
     apply.click()  # Cancel
     assert widget.ui.statusLabel.text == "Cancelling..."
     _run_until_idle(widget)
@@ -164,6 +179,9 @@ def test_dose_widget_groups_a_dicom_folder_as_a_child_job(tiny_study, tmp_path):
         parameters.dicomFolder = tiny_study / "dicom"
         widget.ui.loadStudyButton.click()
         assert widget._job is not None and widget._job.command == "study"
+        grouping = widget._job
+        widget.ui.addSceneVolumesButton.click()
+        assert widget._job is grouping and widget.ui.statusLabel.text.startswith("A run is in progress")
         _run_until_idle(widget)
         assert widget.ui.statusLabel.text == "6 series grouped."
         table = parameters.studyTable

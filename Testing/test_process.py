@@ -167,6 +167,29 @@ def test_runner_reports_the_childs_error(tmp_path):
             job.result()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to find leftover processes")
+def test_the_child_ends_itself_when_its_parent_goes_away(tiny_study, tmp_path):
+    """If Slicer quits or crashes, the pipe on the child's stdin closes and the child stops."""
+    from ImagInfoExtension.bridge.process import ChildJob
+
+    out = tmp_path / "out"
+    arguments = ["--manifest", str(tiny_study / "manifest.csv"), "--out", str(out), "--workers", "0"]
+    job = ChildJob("compare", arguments)
+    while not (out / "cases").is_dir() and not job.finished:  # the child is measuring
+        job.poll()
+        time.sleep(0.05)
+    job.process.stdin.close()  # what the parent's death does to the pipe
+    deadline = time.time() + 60
+    while job.process.poll() is None:
+        assert time.time() < deadline, "the child did not notice its parent had gone"
+        time.sleep(0.1)
+    assert job.process.returncode == 130
+    job.poll()
+    assert job.state == "failed" and "interrupted" in job.error_message
+    assert not _group_alive(job.process.pid)
+    job.close()
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

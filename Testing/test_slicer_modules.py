@@ -223,9 +223,9 @@ _CONNECTABLE = {
     "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
     "str": {"QLineEdit", "QLabel", "QTextEdit"},
     "choice": {"QComboBox", "ctkComboBox"},
-    "float": {"QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget", "QSlider", "QSpinBox"},
-    "int": {"QSpinBox", "QSlider", "ctkSliderWidget", "ctkDoubleSpinBox", "QDoubleSpinBox"},
-    "bool": {"QCheckBox", "QPushButton", "ctkCheckablePushButton"},
+    "float": {"QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget"},
+    "int": {"QSpinBox", "QSlider", "QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget"},
+    "bool": {"QCheckBox", "ctkCheckablePushButton"},
     "node": {"qMRMLNodeComboBox"},
 }
 

@@ -46,6 +46,10 @@ STDOUT_FILE = "stdout.log"
 #: Seconds a cancelled job gets to exit on SIGTERM (and remove its temporary files)
 #: before its whole process group is killed.
 CANCEL_GRACE_S = 5.0
+#: Seconds to wait after SIGKILL before giving up on a process that does not go away.
+KILL_WAIT_S = 10.0
+#: Set in the child's environment: ``imaginfo`` then exits when its stdin reaches end of file.
+PARENT_PIPE_VARIABLE = "IMAGINFO_PARENT_PIPE"
 
 
 class JobFailedError(RuntimeError):
@@ -69,10 +73,10 @@ def python_command() -> list[str]:
     if app is None:
         return [sys.executable]
     name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-    candidates = [shutil.which("PythonSlicer")]
     home = getattr(app, "slicerHome", "")
-    if home:
-        candidates.append(str(Path(home) / "bin" / name))
+    # This Slicer's own first: another Slicer on PATH has other packages installed.
+    candidates = [str(Path(home) / "bin" / name)] if home else []
+    candidates.append(shutil.which("PythonSlicer"))
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return [candidate]
@@ -91,6 +95,8 @@ def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     environment["PYTHONUNBUFFERED"] = "1"
     environment["PYTHONIOENCODING"] = "utf-8"
+    # The child ends itself when its stdin (a pipe this process holds) closes: Slicer quit or crashed.
+    environment[PARENT_PIPE_VARIABLE] = "1"
     environment.update(extra or {})
     return environment
 
@@ -121,6 +127,12 @@ class ChildJob:
         writer left there are removed.
     environment : dict, optional
         Extra environment variables.
+    success_codes : sequence of int
+        Exit codes that count as success (``imaginfo compare`` exits with 3 when some
+        series failed but the comparison was written).
+    context : dict, optional
+        What the caller wants back when the job ends (e.g. the nodes the run was
+        started for), as :attr:`context`.
 
     Examples
     --------
@@ -138,8 +150,12 @@ class ChildJob:
         output_dir: str | Path | None = None,
         environment: dict[str, str] | None = None,
         remove_work_dir: bool | None = None,
+        success_codes: Sequence[int] = (0,),
+        context: dict[str, Any] | None = None,
     ) -> None:
         self.command = command
+        self.success_codes = tuple(success_codes)
+        self.context = dict(context or {})
         self._owns_work_dir = work_dir is None if remove_work_dir is None else remove_work_dir
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"imaginfo-{command}-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -153,17 +169,24 @@ class ChildJob:
         self._offset = 0
         self._partial_line = b""
         self._cancel_deadline: float | None = None
+        self._kill_deadline: float | None = None
         self.state = RUNNING
         stderr_path = self.work_dir / STDERR_FILE
         with open(stderr_path, "wb") as stderr, open(self.work_dir / STDOUT_FILE, "wb") as stdout:
             options: dict[str, Any] = {}
             if os.name == "nt":
-                options["creationflags"] = subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP
+                # Hidden console, as slicer.util.launchConsoleProcess does: the child and its
+                # workers share it instead of each opening a window.
+                startup = subprocess.STARTUPINFO()
+                startup.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+                startup.wShowWindow = 0  # SW_HIDE
+                options["startupinfo"] = startup
+                options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
             else:
                 options["start_new_session"] = True
             self.process = subprocess.Popen(
                 self.arguments,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=stdout,
                 stderr=stderr,
                 cwd=str(self.work_dir),
@@ -173,7 +196,8 @@ class ChildJob:
 
     # Reading ------------------------------------------------------------------------
 
-    def _read_new_lines(self) -> None:
+    def _read_new_lines(self, final: bool = False) -> None:
+        """Take in what the child wrote since the last read; ``final``: also its last, unterminated line."""
         path = self.work_dir / STDERR_FILE
         try:
             with open(path, "rb") as handle:
@@ -181,11 +205,11 @@ class ChildJob:
                 chunk = handle.read()
         except FileNotFoundError:
             return
-        if not chunk:
+        if not chunk and not (final and self._partial_line):
             return
         self._offset += len(chunk)
         lines = (self._partial_line + chunk).split(b"\n")
-        self._partial_line = lines.pop()
+        self._partial_line = b"" if final else lines.pop()
         for raw in lines:
             line = raw.decode("utf-8", errors="replace").rstrip("\r")
             event = parse_progress_line(line)
@@ -206,11 +230,12 @@ class ChildJob:
         """Read what the child reported since the last call and update :attr:`state`; never blocks."""
         self._read_new_lines()
         if self.state == RUNNING and self.process.poll() is not None:
-            self._read_new_lines()
+            self._read_new_lines(final=True)
+            self._close_stdin()
             if self._group_alive():
                 # The child has exited; anything left in its group is an orphaned worker.
                 self._signal_group(terminate=False)
-            self.state = SUCCEEDED if self.process.returncode == 0 else FAILED
+            self.state = SUCCEEDED if self.process.returncode in self.success_codes else FAILED
         elif self.state == CANCELLING:
             self._advance_cancel()
         return self.progress
@@ -274,17 +299,20 @@ class ChildJob:
     # Ending -------------------------------------------------------------------------
 
     def cancel(self, wait: bool = False) -> None:
-        """End the child and its worker processes: SIGTERM to the process group, SIGKILL after a grace period.
+        """End the child and its worker processes.
 
-        Returns at once; :meth:`poll` completes the cancel (``wait=True`` blocks until it
-        has). Finished outputs of a resumable job (its per-case records) are kept.
+        POSIX: SIGTERM to the process group (the command unwinds like Ctrl-C and removes
+        its temporary files), SIGKILL after :data:`CANCEL_GRACE_S`. Windows: the whole
+        tree at once (``taskkill /T /F``, while the launcher still links it). Returns at
+        once; :meth:`poll` completes the cancel (``wait=True`` blocks until it has).
+        Finished outputs of a resumable job (its per-case records) are kept.
         """
         if self.finished or self.state == CANCELLING:
             if wait:
                 self.wait()
             return
         self.state = CANCELLING
-        self._cancel_deadline = time.monotonic() + CANCEL_GRACE_S
+        self._cancel_deadline = time.monotonic() + (0.0 if os.name == "nt" else CANCEL_GRACE_S)
         self._signal_group(terminate=True)
         self._advance_cancel()
         if wait:
@@ -298,11 +326,21 @@ class ChildJob:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
+            # macOS answers EPERM for a group of zombies only: alive while our child is.
+            return self.process.poll() is None
         return True
+
+    def _close_stdin(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
 
     def _signal_group(self, terminate: bool) -> None:
         if os.name == "nt":
+            if self.process.poll() is not None:
+                return
             # taskkill /T ends the whole tree (PythonSlicer's launcher, Python, workers).
             subprocess.run(
                 ["taskkill", "/PID", str(self.process.pid), "/T", "/F"],
@@ -319,12 +357,18 @@ class ChildJob:
 
     def _advance_cancel(self) -> None:
         self.process.poll()  # reap the direct child, so that a dead group reads as dead
+        now = time.monotonic()
         if self._group_alive():
-            if self._cancel_deadline is not None and time.monotonic() > self._cancel_deadline:
+            if self._kill_deadline is None and self._cancel_deadline is not None and now > self._cancel_deadline:
                 self._signal_group(terminate=False)
-            return
-        self.process.poll()
-        self._read_new_lines()
+                self._kill_deadline = now + KILL_WAIT_S
+            if self._kill_deadline is None or now < self._kill_deadline:
+                return
+            # Killed, yet still there (stuck in the kernel): stop waiting rather than hang Slicer.
+            self.messages.append(f"imaginfo {self.command}: cancelled, but process {self.process.pid} did not exit")
+            self._owns_work_dir = False
+        self._read_new_lines(final=True)
+        self._close_stdin()
         if self.output_dir is not None:
             remove_partial_files(self.output_dir)
         self.state = CANCELLED
@@ -333,8 +377,14 @@ class ChildJob:
         """Cancel if still running, then remove the work folder (when this job made it)."""
         if not self.finished:
             self.cancel(wait=True)
+        self._close_stdin()
         if self._owns_work_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+            for attempt in range(5):
+                # Windows keeps a killed process's files locked for a moment.
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+                if not self.work_dir.exists():
+                    break
+                time.sleep(0.2 * (attempt + 1))
 
     def __enter__(self) -> ChildJob:
         return self

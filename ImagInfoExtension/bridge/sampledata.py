@@ -78,11 +78,19 @@ class GeneratedSample:
         )
 
     def download(self, source: Any = None) -> list[Any]:
-        """Sample Data's button: generate if needed, then load (errors are shown, not raised)."""
+        """Sample Data's button: offer the packages, generate if needed, load.
+
+        Declining the packages is not an error (nothing happens); a failure is shown and,
+        as ``slicer.util.tryWithErrorDisplay`` does, raised again.
+        """
+        from ImagInfoExtension.bridge.requirements import ensure_requirements, module_requirements
+
         slicer = import_slicer()
+        with slicer.util.tryWithErrorDisplay(f"Could not install what the {self.sample_name} sample data needs."):
+            if not ensure_requirements(module_requirements(self.requester), self.requester):
+                return []
         with slicer.util.tryWithErrorDisplay(f"Could not make the {self.sample_name} sample data.", waitCursor=True):
             return self.load()
-        return []
 
     def generate(self, folder: Path | None = None) -> Path:
         """Write the files into ``folder`` (default the cache) unless they are there; returns the folder."""

@@ -145,6 +145,7 @@ class ImagInfoModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag: Any = None
         self._job: Any = None
         self._onJobSucceeded: Callable[[Any], str] | None = None
+        self._cancelledText = ""
         self._timer: Any = None
 
     # What a module provides -------------------------------------------------------------
@@ -247,27 +248,55 @@ class ImagInfoModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
 
+    def requirementsReady(self) -> bool:
+        """Offer to install the module's missing packages; after a decline, the status says which.
+
+        No wait cursor: installing asks the user first.
+        """
+        with slicer.util.tryWithErrorDisplay(_("Cannot install the Python packages this module needs.")):
+            if self.logic.ensureRequirements():
+                return True
+            self.setStatus(
+                _("Nothing was run: these Python packages are needed first: {packages}.").format(
+                    packages=", ".join(self.logic.missingRequirements())
+                )
+            )
+            return False
+
+    def runAction(self, action: Callable[[], str | None], errorMessage: str) -> None:
+        """What a button does: refused while a job runs, only once the module's packages are there,
+        errors shown. ``action`` returns the status text, or starts a job with :meth:`runJob`."""
+        if self._job is not None:
+            self.setStatus(_("A run is in progress: let it finish, or cancel it first."))
+            return
+        if not self.requirementsReady():
+            return
+        with slicer.util.tryWithErrorDisplay(errorMessage, waitCursor=True):
+            status = action()
+            if status:
+                self.setStatus(status)
+
     def onApplyButton(self) -> None:
         if self._job is not None:
             self.cancelJob()
             return
-        # No wait cursor here: installing asks the user first.
-        with slicer.util.tryWithErrorDisplay(_("Cannot install the Python packages this module needs.")):
-            if not self.logic.ensureRequirements():
-                self.setStatus(
-                    _("Nothing was run: these Python packages are needed first: {packages}.").format(
-                        packages=", ".join(self.logic.missingRequirements())
-                    )
-                )
-                return
-        with slicer.util.tryWithErrorDisplay(_("Cannot start."), waitCursor=True):
-            job = self.logic.startJob(self._parameterNode)
-            self.runJob(job, lambda finished: self.logic.finishJob(finished, self._parameterNode))
+        self.runAction(
+            lambda: self.runJob(
+                self.logic.startJob(self._parameterNode),
+                lambda finished: self.logic.finishJob(finished, self._parameterNode),
+                self.logic.cancelledDescription(),
+            ),
+            _("Cannot start."),
+        )
 
-    def runJob(self, job: Any, onSucceeded: Callable[[Any], str]) -> None:
+    def runJob(self, job: Any, onSucceeded: Callable[[Any], str], cancelledText: str | None = None) -> None:
         """Follow a started child job: progress, Cancel, then ``onSucceeded(job)`` (which returns the status text)."""
+        if self._job is not None:
+            job.close()
+            raise RuntimeError("a run is in progress: let it finish, or cancel it first")
         self._job = job
         self._onJobSucceeded = onSucceeded
+        self._cancelledText = cancelledText or _("Cancelled; the scene is unchanged.")
         self.ui.applyButton.text = _("Cancel")
         self.ui.progressBar.value = 0
         self.ui.progressBar.visible = True
@@ -300,7 +329,7 @@ class ImagInfoModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.visible = False
         try:
             if job.state == CANCELLED:
-                self.setStatus(self.logic.cancelledDescription())
+                self.setStatus(self._cancelledText)
             elif job.state == FAILED:
                 self.setStatus(_("Failed: {error}").format(error=job.error_message))
                 slicer.util.errorDisplay(
@@ -360,7 +389,10 @@ class ImagInfoModuleLogic(ScriptedLoadableModuleLogic):
         raise NotImplementedError(f"{type(self).__name__} must start its job")
 
     def finishJob(self, job: Any, parameterNode: Any) -> str:
-        """Build the output nodes from a finished job's result; returns the status text."""
+        """Build the output nodes from a finished job's result; returns the status text.
+
+        Nodes the run was started for are in ``job.context`` (the parameter node may have
+        changed while it ran)."""
         raise NotImplementedError(f"{type(self).__name__} must build its outputs")
 
     def cancelledDescription(self) -> str:
@@ -395,6 +427,8 @@ class ImagInfoModuleLogic(ScriptedLoadableModuleLogic):
         workDir: Path | None = None,
         outputDir: Path | None = None,
         removeWorkDir: bool = True,
+        successCodes: tuple = (0,),
+        context: dict | None = None,
     ) -> Any:
         """Start ``imaginfo <command>`` as a child process (see :class:`~ImagInfoExtension.bridge.process.ChildJob`).
 
@@ -409,6 +443,8 @@ class ImagInfoModuleLogic(ScriptedLoadableModuleLogic):
             read_result=readResult,
             output_dir=outputDir,
             remove_work_dir=workDir is None or removeWorkDir,
+            success_codes=successCodes,
+            context=context,
         )
 
     def runJob(self, job: Any, wait: bool = True) -> Any:

@@ -22,7 +22,9 @@ class OutputNodes:
     one the user chose, else the one an earlier run with the same owner and key made,
     else a new one. If the block raises, every node added to the scene inside it is
     removed again (with its display, storage and plot-series nodes), so a failed run
-    leaves no half-made nodes.
+    leaves no half-made nodes. A node reused from an earlier run cannot be put back:
+    the bridge's converters therefore check their input completely before they change a
+    node, and callers read and validate all outputs before entering the block.
 
     Parameters
     ----------

@@ -27,6 +27,9 @@ from ImagInfoExtension.io import write_atomically
 from ImagInfoExtension.progress import ProgressCallback
 
 IQ_COLUMNS = ["recon", "dose_mgy", "repetition", *IQ_METRICS]
+#: Exit code of ``imaginfo compare`` when the comparison was written but some series
+#: failed (listed in failures.csv); 1 stays what Python gives an unexpected error.
+EXIT_SOME_SERIES_FAILED = 3
 
 
 @dataclass

@@ -186,7 +186,7 @@ SAMPLE_VOLUME_NAME = "ImagInfoVesselPhantom"
 
 
 def write_sample_data(folder: str | Path, size: str = "small") -> dict[str, Path]:
-    """Generate the sample data set once: one CT, the truth label map, ``truth.json`` and ``sample.json``.
+    """Generate the sample data set once: one CT, its truth label map, ``truth.json`` and ``sample.json``.
 
     ``sample.json`` lists the nodes to load (``{"nodes": [{"file", "kind", "name", ...}]}``):
     the CT as a volume shown with a lung window, and the truth label map as a
@@ -196,7 +196,8 @@ def write_sample_data(folder: str | Path, size: str = "small") -> dict[str, Path
     folder = Path(folder)
     paths = {
         "volume": folder / f"{SAMPLE_VOLUME_NAME}_{acquisition_name(SAMPLE_ACQUISITION)}.nrrd",
-        "truth_labels": folder / "truth_labels.nrrd",
+        # Named apart from a study's truth_labels.nrrd: Slicer's download cache is shared.
+        "truth_labels": folder / f"{SAMPLE_VOLUME_NAME}_truth_labels.nrrd",
         "truth": folder / "truth.json",
         "manifest": folder / SAMPLE_MANIFEST,
     }
@@ -204,6 +205,7 @@ def write_sample_data(folder: str | Path, size: str = "small") -> dict[str, Path
         return paths
     scanner = VirtualScanner(size=size)
     write_truth(scanner, folder)
+    write_atomically(paths["truth_labels"], lambda p: write_image(scanner.truth.label_image(), p))
     write_atomically(paths["volume"], lambda p: write_image(scanner.acquire(SAMPLE_ACQUISITION), p))
     manifest = {
         "nodes": [

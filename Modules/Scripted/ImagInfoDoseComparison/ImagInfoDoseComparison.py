@@ -110,16 +110,23 @@ class ImagInfoDoseComparisonWidget(ImagInfoModuleWidget):
         self.ui.studyTableSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.studyTableView.setMRMLTableNode)
 
     def onLoadStudy(self):
+        self.runAction(self.loadStudy, _("Could not group the series."))
+
+    def onAddSceneVolumes(self):
+        self.runAction(self.addSceneVolumes, _("Could not add the scene's volumes."))
+
+    def loadStudy(self):
+        """A manifest is read here; a DICOM folder is grouped by a child job (it reads every header)."""
         parameters = self._parameterNode
-        if not self.logic.ensureRequirements():
-            self.setStatus(_("Nothing was grouped: the module's Python packages are not installed."))
-            return
-        dicomFolder = optionalPath(parameters.dicomFolder)
-        if optionalPath(parameters.manifestFile) is None and dicomFolder is not None:
-            self.runJob(self.logic.startGrouping(dicomFolder), self._onStudyGrouped)
-            return
-        study, unmatched = self.logic.readStudy(manifest=optionalPath(parameters.manifestFile))
-        self._onStudyGrouped(None, (study, unmatched))
+        manifest, dicomFolder = optionalPath(parameters.manifestFile), optionalPath(parameters.dicomFolder)
+        if manifest is None and dicomFolder is not None:
+            self.runJob(
+                self.logic.startGrouping(dicomFolder),
+                self._onStudyGrouped,
+                _("Grouping cancelled; the study table is unchanged."),
+            )
+            return None
+        return self._onStudyGrouped(None, self.logic.readStudy(manifest=manifest))
 
     def _onStudyGrouped(self, job, grouped=None):
         study, unmatched = grouped if grouped is not None else job.result()
@@ -131,17 +138,14 @@ class ImagInfoDoseComparisonWidget(ImagInfoModuleWidget):
             )
         return _("{count} series grouped.").format(count=len(study)) + left
 
-    def onAddSceneVolumes(self):
-        if not self.logic.ensureRequirements():
-            return
+    def addSceneVolumes(self):
         folder = optionalPath(self._parameterNode.outputFolder)
         if folder is None:
-            self.setStatus(_("Choose the output folder first: the scene's volumes are saved under it."))
-            return
+            return _("Choose the output folder first: the scene's volumes are saved under it.")
         self._parameterNode.studyTable = self.logic.studyTableFromVolumes(
             self.logic.sceneVolumes(), folder, self._parameterNode.studyTable
         )
-        self.setStatus(_("Fill in each volume's dose, reconstruction and repetition in the table."))
+        return _("Fill in each volume's dose, reconstruction and repetition in the table.")
 
 
 #
@@ -251,20 +255,24 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         return [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
 
     def studyTableFromVolumes(self, volumeNodes, outputFolder, tableNode=None):
-        """Rows for scene volumes: each is saved once as NRRD under ``outputFolder/inputs``.
+        """Rows for scene volumes, each saved as ``outputFolder/inputs/<name>_<node ID>.nrrd``.
 
-        Dose, reconstruction and repetition are left for the user to fill in.
+        A file is rewritten only when the volume's voxels or geometry changed, so that
+        finished series stay cached. Dose, reconstruction and repetition are left for the
+        user to fill in.
         """
+        import re
+
         import pandas as pd
 
         from ImagInfoExtension.bridge.tables import dataframe_from_table_node
-        from ImagInfoExtension.io import write_atomically
+        from ImagInfoExtension.io import write_if_changed
 
         rows = []
         for node in volumeNodes:
-            path = Path(outputFolder) / "inputs" / f"{node.GetName()}.nrrd"
-            if not path.exists():
-                write_atomically(path, lambda p, node=node: self.writeVolume(node, p))
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", node.GetName()).strip("._") or "volume"
+            path = Path(outputFolder) / "inputs" / f"{safe}_{node.GetID()}.nrrd"
+            write_if_changed(path, lambda p, node=node: self.writeVolume(node, p))
             rows.append({"path": str(path), "dose_mgy": float("nan"), "recon": "", "repetition": 1, "series_uid": ""})
         frame = pd.DataFrame(rows, columns=STUDY_TABLE_COLUMNS)
         if tableNode is not None and tableNode.GetNumberOfRows():
@@ -294,7 +302,7 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         import json
         from dataclasses import asdict
 
-        from ImagInfoExtension.dose.compare import read_comparison
+        from ImagInfoExtension.dose.compare import EXIT_SOME_SERIES_FAILED, read_comparison
         from ImagInfoExtension.dose.measure import ComparisonParameters
         from ImagInfoExtension.io import write_atomically
 
@@ -313,7 +321,13 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
             arguments += ["--workers", str(int(workers))]
         if scheduler:
             arguments += ["--scheduler", scheduler]
-        return self.startChildJob("compare", arguments, readResult=lambda: read_comparison(out), outputDir=out)
+        return self.startChildJob(
+            "compare",
+            arguments,
+            readResult=lambda: read_comparison(out),
+            outputDir=out,
+            successCodes=(0, EXIT_SOME_SERIES_FAILED),
+        )
 
     def compare(self, study, outputFolder, truth=None, workers=None, scheduler=None, wait=True, **parameters):
         """Run the comparison as a child process.

@@ -34,7 +34,7 @@ from ImagInfoExtension.bridge.scaffolding import tr as _
 SAMPLE = GeneratedSample(
     sample_name="ImagInfoVesselPhantom",
     requester="ImagInfoVesselPhantom",
-    file_names=("ImagInfoVesselPhantom_FBP_1mGy_rep1.nrrd", "truth_labels.nrrd"),
+    file_names=("ImagInfoVesselPhantom_FBP_1mGy_rep1.nrrd", "ImagInfoVesselPhantom_truth_labels.nrrd"),
     node_names=("ImagInfoVesselPhantom", "ImagInfoVesselPhantom truth"),
     load_file_types=("VolumeFile", "SegmentationFile"),
     thumbnail=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "ImagInfoVesselPhantom.png"),
@@ -339,12 +339,22 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
         return self.runJob(job, wait)
 
     def startJob(self, parameterNode):
-        return self.startQuantification(**self.inputsFromParameterNode(parameterNode))
+        job = self.startQuantification(**self.inputsFromParameterNode(parameterNode))
+        # The outputs belong to the inputs of this run, whatever the panel shows when it ends.
+        job.context.update(
+            volumeNode=parameterNode.inputVolume,
+            outputSegmentation=parameterNode.outputSegmentation,
+            outputTable=parameterNode.outputTable,
+        )
+        return job
 
     def finishJob(self, job, parameterNode):
         result = job.result()
+        volumeNode = job.context["volumeNode"]
+        if volumeNode.GetScene() is not self.scene:
+            raise ValueError(f"{volumeNode.GetName()} left the scene during the run; no outputs were added")
         nodes = self.createOutputNodes(
-            result, parameterNode.inputVolume, parameterNode.outputSegmentation, parameterNode.outputTable
+            result, volumeNode, job.context["outputSegmentation"], job.context["outputTable"]
         )
         parameterNode.outputSegmentation = nodes["segmentation"]
         parameterNode.outputTable = nodes["table"]
@@ -353,6 +363,10 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
         return _("Total vessel volume {volume:.3f} ml in {seconds:.1f} s").format(
             volume=result.total_volume_ml, seconds=result.summary["runtime_s"]
         )
+
+    def loadSampleData(self):
+        """Generate (once, into Slicer's cache) and load the sample phantom: ``[volumeNode, truthSegmentationNode]``."""
+        return SAMPLE.load()
 
     # Outputs ------------------------------------------------------------------------
 
