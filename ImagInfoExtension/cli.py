@@ -282,7 +282,7 @@ def run_vessels(arguments: argparse.Namespace, progress: ProgressCallback) -> in
     return 0
 
 
-def load_study(arguments: argparse.Namespace, progress: ProgressCallback | None = None):
+def load_study(arguments: argparse.Namespace):
     """The study table and truth path of ``imaginfo compare``'s arguments."""
     from ImagInfoExtension.dose.study import DEFAULT_RULES, read_manifest, rules_from_json, study_from_dicom
 
@@ -294,7 +294,7 @@ def load_study(arguments: argparse.Namespace, progress: ProgressCallback | None 
             truth = beside
         return study, truth
     rules = rules_from_json(arguments.rules) if arguments.rules else DEFAULT_RULES
-    study, unmatched = study_from_dicom(arguments.dicom_dir, rules, progress=progress)
+    study, unmatched = study_from_dicom(arguments.dicom_dir, rules)
     for row in unmatched.itertuples():
         print(f"left out: {row.path} ({row.series_description!r}): {row.reason}")
     return study, truth

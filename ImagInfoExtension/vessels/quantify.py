@@ -500,6 +500,10 @@ def quantify_vessels(
     return result
 
 
+#: How centrelines.json names each radius method.
+_METHOD_NAMES = {METHOD_DISTANCE: "distance_transform", METHOD_INTEGRAL: "intensity_integral"}
+
+
 def write_results(result: VesselQuantification, out_dir: str | Path) -> dict[str, Path]:
     """Write ``per_radius.csv``, ``summary.json``, ``vessels.nrrd`` and ``centerlines.json``.
 
@@ -533,9 +537,6 @@ def write_results(result: VesselQuantification, out_dir: str | Path) -> dict[str
         paths["summary"], lambda p: p.write_text(json.dumps(result.summary, indent=1, default=json_default))
     )
     return paths
-
-
-_METHOD_NAMES = {METHOD_DISTANCE: "distance_transform", METHOD_INTEGRAL: "intensity_integral"}
 
 
 def read_results(out_dir: str | Path) -> VesselQuantification:
