@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ImagInfoExtension import __version__
-from ImagInfoExtension.progress import PROGRESS_MODES, ProgressCallback, progress_reporter
+from ImagInfoExtension.progress import PARENT_PIPE_VARIABLE, PROGRESS_MODES, ProgressCallback, progress_reporter
 
 
 def _positive_floats_of(what: str, example: str) -> Callable[[str], list[float]]:
@@ -418,7 +418,7 @@ def _terminate(signal_number: int, frame: object) -> None:
 def _exit_with_parent() -> None:
     """End like Ctrl-C once stdin reaches end of file: the GUI that holds its other end has gone.
 
-    Only when the runner asks for it (``IMAGINFO_PARENT_PIPE=1``): a command started
+    Only when the runner asks for it (:data:`PARENT_PIPE_VARIABLE`): a command started
     from a shell or a scheduler may well have an empty stdin.
     """
     import _thread
@@ -443,7 +443,7 @@ def run() -> None:
     """The ``imaginfo`` console script (and ``python -m ImagInfoExtension``)."""
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
-    if os.environ.get("IMAGINFO_PARENT_PIPE") == "1" and sys.stdin is not None:
+    if os.environ.get(PARENT_PIPE_VARIABLE) == "1" and sys.stdin is not None:
         _exit_with_parent()
     sys.exit(main())
 

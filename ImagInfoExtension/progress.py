@@ -25,6 +25,10 @@ ProgressCallback = Callable[[int, int, str], None]
 
 PROGRESS_MODES = ("bar", "json", "none")
 
+#: Set to "1" in a child's environment by a GUI that runs ``imaginfo`` with a pipe on its
+#: stdin: the command then ends itself when that pipe closes (the GUI has gone).
+PARENT_PIPE_VARIABLE = "IMAGINFO_PARENT_PIPE"
+
 
 @dataclass(frozen=True)
 class ProgressEvent:

@@ -32,7 +32,7 @@ from typing import Any
 import ImagInfoExtension
 from ImagInfoExtension.bridge.compat import application, import_slicer
 from ImagInfoExtension.io import remove_partial_files
-from ImagInfoExtension.progress import ProgressEvent, parse_progress_line
+from ImagInfoExtension.progress import PARENT_PIPE_VARIABLE, ProgressEvent, parse_progress_line
 
 RUNNING = "running"
 CANCELLING = "cancelling"
@@ -48,8 +48,6 @@ STDOUT_FILE = "stdout.log"
 CANCEL_GRACE_S = 5.0
 #: Seconds to wait after SIGKILL before giving up on a process that does not go away.
 KILL_WAIT_S = 10.0
-#: Set in the child's environment: ``imaginfo`` then exits when its stdin reaches end of file.
-PARENT_PIPE_VARIABLE = "IMAGINFO_PARENT_PIPE"
 
 
 class JobFailedError(RuntimeError):

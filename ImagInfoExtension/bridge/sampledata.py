@@ -19,7 +19,9 @@ from typing import Any
 
 from ImagInfoExtension.bridge.compat import application, import_slicer
 
-#: What ``imaginfo sample`` writes beside the data: the nodes to load.
+#: What ``imaginfo sample`` writes beside the data: the nodes to load. The same name as
+#: ``phantom.study.SAMPLE_MANIFEST``, spelled again because importing that module needs
+#: pandas, which a fresh Slicer lacks when it registers and checks the sample.
 SAMPLE_MANIFEST = "sample.json"
 
 

@@ -473,12 +473,15 @@ class ImagInfoModuleLogic(ScriptedLoadableModuleLogic):
 
         return OutputNodes(self.scene, self.moduleName, key)
 
-    def writeVolume(self, volumeNode: Any, path: Path) -> Path:
-        """Save a volume node's voxels and geometry (LPS) for a child job."""
+    def writeVolume(self, volumeNode: Any, path: Path) -> Any:
+        """Save a volume node's voxels and geometry (LPS) for a child job; returns the image written,
+        so that masks and designs can be put on its grid without converting the volume again."""
         from ImagInfoExtension.bridge.volumes import sitk_from_volume_node
         from ImagInfoExtension.io import write_image
 
-        return write_image(sitk_from_volume_node(volumeNode), path, compress=False)
+        image = sitk_from_volume_node(volumeNode)
+        write_image(image, path, compress=False)
+        return image
 
     def showTableAndPlot(self, tableNode: Any, chartNode: Any) -> None:
         """Show a table and a chart in the plot-and-table layout (GUI only)."""

@@ -228,8 +228,12 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
             arguments += ["--scales", ",".join(repr(float(s)) for s in parameters["scales_mm"])]
         return arguments
 
-    def designArguments(self, truth, volumeNode, radii_mm, folder):
-        """``--truth`` (and ``--radii``) for a path, a design segmentation or a VesselTruth."""
+    def designArguments(self, truth, reference, radii_mm, folder):
+        """``--truth`` (and ``--radii``) for a path, a design segmentation or a VesselTruth.
+
+        ``reference`` (the input volume node, or the image written from it) gives the grid
+        a design segmentation is rasterised onto.
+        """
         import json
 
         if truth is None:
@@ -242,7 +246,7 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
             from ImagInfoExtension.io import write_image
             from ImagInfoExtension.vessels.truth import radius_from_segment_name
 
-            conversion = label_map_from_segmentation_node(truth, volumeNode)
+            conversion = label_map_from_segmentation_node(truth, reference)
             if radii_mm is None:
                 radii_mm = []
                 for segment in conversion.segments:
@@ -261,8 +265,8 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
             return ["--truth", str(folder / "truth.json")]
         raise ValueError(f"unsupported design {truth!r}: give truth.json, a label map file or a segmentation")
 
-    def _maskArguments(self, volumeNode, roi, mask, folder):
-        """``--mask`` from a markups ROI and/or a segmentation (both: their overlap)."""
+    def _maskArguments(self, image, roi, mask, folder):
+        """``--mask`` on the input image's grid from a markups ROI and/or a segmentation (both: their overlap)."""
         if roi is None and mask is None:
             return []
         import numpy as np
@@ -270,16 +274,15 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
 
         from ImagInfoExtension.bridge.markups import mask_from_roi_node
         from ImagInfoExtension.bridge.segmentations import label_map_from_segmentation_node
-        from ImagInfoExtension.bridge.volumes import sitk_from_volume_node
         from ImagInfoExtension.geometry import ImageGrid
         from ImagInfoExtension.io import write_image
 
-        grid = ImageGrid.from_sitk(sitk_from_volume_node(volumeNode))
+        grid = ImageGrid.from_sitk(image)
         region = np.ones(grid.shape_kji, dtype=bool)
         if roi is not None:
             region &= mask_from_roi_node(roi, grid)
         if mask is not None:
-            region &= sitk.GetArrayViewFromImage(label_map_from_segmentation_node(mask, volumeNode).image) > 0
+            region &= sitk.GetArrayViewFromImage(label_map_from_segmentation_node(mask, image).image) > 0
         if not region.any():
             raise ValueError("the ROI or mask does not overlap the volume; place it around the vessels")
         write_image(grid.to_sitk(region.astype(np.uint8)), folder / "mask.nrrd")
@@ -295,9 +298,10 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
             raise ValueError("select an input volume")
         folder = self.newWorkFolder()
         try:
-            arguments = [str(self.writeVolume(volumeNode, folder / "input.nrrd"))]
-            arguments += self.designArguments(truth, volumeNode, radii_mm, folder)
-            arguments += self._maskArguments(volumeNode, roi, mask, folder)
+            image = self.writeVolume(volumeNode, folder / "input.nrrd")
+            arguments = [str(folder / "input.nrrd")]
+            arguments += self.designArguments(truth, image, radii_mm, folder)
+            arguments += self._maskArguments(image, roi, mask, folder)
             arguments += self._arguments(parameters)
             out = folder / "out"
             return self.startChildJob(
