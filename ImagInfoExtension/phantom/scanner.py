@@ -21,7 +21,14 @@ from ImagInfoExtension.phantom.design import (
     render_holder_fraction,
     render_vessels,
 )
-from ImagInfoExtension.report import radius_class_colours
+from ImagInfoExtension.truth import (
+    TRUTH_STEP_MM,
+    TruthClass,
+    TruthDocument,
+    document_from_design,
+    radius_classes,
+    segment_table,
+)
 
 #: Voxel spacing (i, j, k) in mm of each phantom size.
 PHANTOM_SIZES: dict[str, tuple[float, float, float]] = {
@@ -69,56 +76,31 @@ class PhantomTruth:
     def label_image(self) -> sitk.Image:
         return self.grid.to_sitk(self.labels)
 
+    def truth_classes(self) -> tuple[TruthClass, ...]:
+        """The class table: label, name (``vessel r=1.5 mm``), colour, true volume and centreline length."""
+        return radius_classes(
+            [c.radius_mm for c in self.classes],
+            {c.radius_mm: c.true_volume_ml for c in self.classes},
+            {c.radius_mm: c.centerline_length_mm for c in self.classes},
+        )
+
     def segment_table(self) -> list[dict]:
         """Label, name (``vessel r=1.5 mm``, which the vessel module reads back) and RGB colour of each class."""
-        colours = radius_class_colours(len(self.classes))
-        return [
-            {"label": c.label, "name": f"vessel r={c.radius_mm:g} mm", "color": list(colours[n])}
-            for n, c in enumerate(self.classes)
-        ]
+        return segment_table(self.truth_classes())
 
-    def to_json(self, centerline_step_mm: float = 0.25) -> dict:
-        """The truth document (schema shared by all ImagInfo modules)."""
-        design = self.design
-        return {
-            "coordinate_system": "LPS",
-            "units": "mm",
-            "segments": [
-                {
-                    "id": s.id,
-                    "radius_mm": s.radius_mm,
-                    "parent_id": s.parent_id,
-                    "points": np.round(s.centerline_points(centerline_step_mm), 4).tolist(),
-                }
-                for s in design.segments
-            ],
-            "classes": [
-                {
-                    "label": c.label,
-                    "radius_mm": c.radius_mm,
-                    "true_volume_ml": round(c.true_volume_ml, 6),
-                    "centerline_length_mm": round(c.centerline_length_mm, 4),
-                }
-                for c in self.classes
-            ],
-            "total_volume_ml": round(self.total_volume_ml, 6),
-            "materials_hu": {
-                "vessel": design.vessel_hu,
-                "holder_pmma": design.holder_hu,
-                "background_air": design.background_hu,
-            },
-            "holder": {
-                "shape": "superellipse along z",
-                "outer_semi_axes_mm": list(design.holder.outer_semi_axes_mm),
-                "wall_thickness_mm": design.holder.wall_thickness_mm,
-                "exponent": design.holder.exponent,
-                "centre_xy_mm": list(design.holder.centre_xy_mm),
-            },
-            "label_map": {
-                "file": "truth_labels.nrrd",
-                "rule": "voxel at least half inside the tree, or crossed by a centreline",
-            },
-        }
+    def document(self, centerline_step_mm: float = TRUTH_STEP_MM) -> TruthDocument:
+        """The truth document (:mod:`ImagInfoExtension.truth`) of this phantom, naming its label map."""
+        return document_from_design(
+            self.design,
+            {c.radius_mm: c.true_volume_ml for c in self.classes},
+            grid=self.grid,
+            centerline_step_mm=centerline_step_mm,
+            source="virtual scanner",
+        )
+
+    def to_json(self, centerline_step_mm: float = TRUTH_STEP_MM) -> dict:
+        """The truth document as JSON data (``truth.json``)."""
+        return self.document(centerline_step_mm).to_json()
 
 
 class VirtualScanner:

@@ -14,6 +14,7 @@ from ImagInfoExtension.io import CTSeriesInfo, study_uids, write_atomically, wri
 from ImagInfoExtension.phantom.acquisition import AcquisitionCalibration, AcquisitionModel, AcquisitionSettings
 from ImagInfoExtension.phantom.scanner import PHANTOM_SIZES, VirtualScanner
 from ImagInfoExtension.progress import ProgressCallback
+from ImagInfoExtension.truth import write_truth as write_truth_files
 
 #: The published protocol: CTDIvol levels (mGy) and reconstructions.
 PUBLISHED_DOSES_MGY: tuple[float, ...] = (0.2, 0.5, 1.0, 2.1, 4.0)
@@ -90,18 +91,8 @@ def acquisition_name(settings: AcquisitionSettings) -> str:
 
 
 def write_truth(scanner: VirtualScanner, out_dir: Path) -> None:
-    """Write ``truth.json`` and ``truth_labels.nrrd``."""
-    truth = scanner.truth
-    document = truth.to_json()
-    grid = scanner.grid
-    document["grid"] = {
-        "size_ijk": list(grid.size_ijk),
-        "spacing_mm": list(grid.spacing_mm),
-        "origin_mm": list(grid.origin_mm),
-        "direction": list(grid.direction),
-    }
-    write_atomically(out_dir / "truth_labels.nrrd", lambda p: write_image(truth.label_image(), p))
-    write_atomically(out_dir / "truth.json", lambda p: p.write_text(json.dumps(document, indent=1)))
+    """Write ``truth.json`` and ``truth_labels.nrrd`` (see :func:`ImagInfoExtension.truth.write_truth`)."""
+    write_truth_files(scanner.truth, out_dir)
 
 
 def generate_study(

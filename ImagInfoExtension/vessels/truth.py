@@ -1,18 +1,34 @@
-"""The phantom's design as a reference: centrelines with radii, and its rigid alignment."""
+"""The phantom's design as a reference for vessels: centrelines with radii, and its rigid alignment.
+
+:class:`VesselTruth` is a view of the truth document (:mod:`ImagInfoExtension.truth`),
+or of a label map's skeleton; this module reads no document format of its own.
+"""
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.spatial import cKDTree
 
 from ImagInfoExtension.geometry import ImageGrid
-from ImagInfoExtension.phantom.design import DEFAULT_RADII_MM, PhantomDesign
+from ImagInfoExtension.phantom.design import PhantomDesign
+from ImagInfoExtension.truth import (
+    TRUTH_FILE,
+    TRUTH_STEP_MM,
+    MaskTruth,
+    TruthDocument,
+    TruthSegment,
+    document_from_design,
+    radius_classes,
+    read_truth,
+)
+
+# Re-exported: callers imported it from here before the truth module held it.
+from ImagInfoExtension.truth import radius_from_segment_name as radius_from_segment_name
 
 
 @dataclass(frozen=True)
@@ -22,11 +38,11 @@ class VesselTruth:
     Attributes
     ----------
     points_mm : ndarray (N, 3)
-        Centreline sample points.
+        Centreline sample points, at most ``TRUTH_STEP_MM`` apart along a polyline.
     radius_mm : ndarray (N,)
         True radius at each point.
     weight_mm : ndarray (N,)
-        Centreline length each point stands for (its segment's length over its count).
+        Centreline length each point stands for (half of each step beside it).
     radii_mm : tuple of float
         The distinct radius classes, ascending.
     class_volume_ml : dict
@@ -48,24 +64,22 @@ class VesselTruth:
     def to_document(self) -> dict:
         """This truth as a truth document (``truth.json``) that :func:`truth_from_document` reads back exactly.
 
-        Each radius class becomes one segment with its points and their weights
-        (``weights_mm``), so that the reading needs no segment lengths.
+        Each run of points of one radius becomes a segment with its points and their
+        weights (``weights_mm``), so that the reading keeps the points, in their order.
         """
-        return {
-            "coordinate_system": "LPS",
-            "units": "mm",
-            "segments": [
-                {
-                    "id": f"class-{radius:g}",
-                    "radius_mm": float(radius),
-                    "points": self.points_mm[self.radius_mm == radius].tolist(),
-                    "weights_mm": self.weight_mm[self.radius_mm == radius].tolist(),
-                }
-                for radius in self.radii_mm
-            ],
-            "classes": [{"radius_mm": float(r), "true_volume_ml": float(v)} for r, v in self.class_volume_ml.items()],
-            "source": self.source,
-        }
+        breaks = np.flatnonzero(np.diff(self.radius_mm)) + 1
+        runs = zip(np.r_[0, breaks], np.r_[breaks, len(self.radius_mm)], strict=True)
+        segments = tuple(
+            TruthSegment(
+                id=number,
+                radius_mm=float(self.radius_mm[first]),
+                points_mm=self.points_mm[first:last],
+                weights_mm=self.weight_mm[first:last],
+            )
+            for number, (first, last) in enumerate(runs)
+        )
+        classes = radius_classes(self.radii_mm, self.class_volume_ml)
+        return TruthDocument(segments, classes, source=self.source).to_json()
 
     def transformed(self, transform: sitk.Transform) -> VesselTruth:
         """The truth with its points mapped by ``transform`` (design frame to image frame)."""
@@ -79,110 +93,144 @@ class VesselTruth:
             self.source,
         )
 
+    def detected_in(self, segmentation: np.ndarray, grid: ImageGrid) -> np.ndarray:
+        """Which points a segmentation detects.
 
-def _from_segments(
-    segments: Sequence[tuple[float, np.ndarray] | tuple[float, np.ndarray, Sequence[float]]], volumes: dict, source: str
+        A point is detected when the voxel holding it is segmented, or when a segmented
+        voxel's centre lies within the point's true radius of it (at least half the
+        largest voxel spacing). The second clause keeps points that lie where partial
+        volume may leave their own voxel out although the vessel around them is
+        segmented: an end point on a flat end cap sits on the boundary, and a thin
+        vessel's point may sit between voxels. It adds nothing elsewhere: a ball of the
+        true radius about a centreline point lies inside the vessel, so a voxel found
+        there belongs to it (or to a vessel joining it).
+
+        Parameters
+        ----------
+        segmentation : ndarray of bool, ``[k, j, i]``
+        grid : ImageGrid
+            The segmentation's grid.
+
+        Returns
+        -------
+        ndarray of bool (N,)
+        """
+        size = np.asarray(grid.size_ijk)
+        continuous = grid.index_from_physical(self.points_mm)
+        index = np.rint(continuous).astype(int)
+        inside = np.all((index >= 0) & (index < size), axis=1)
+        detected = np.zeros(len(index), dtype=bool)
+        rows = np.flatnonzero(inside)
+        i, j, k = index[rows].T
+        detected[rows] = segmentation[k, j, i]
+        missed = np.flatnonzero(~detected)
+        if not len(missed):
+            return detected
+        reach = np.maximum(self.radius_mm[missed], 0.5 * max(grid.spacing_mm))
+        # Only segmented voxels in the index box around the missed points can be in reach;
+        # the grid is orthonormal, so a reach r spans r / spacing voxels along each axis.
+        margin = reach[:, None] / np.asarray(grid.spacing_mm)
+        low = np.clip(np.floor((continuous[missed] - margin).min(axis=0)).astype(int), 0, size)
+        high = np.clip(np.ceil((continuous[missed] + margin).max(axis=0)).astype(int) + 1, 0, size)
+        box = segmentation[low[2] : high[2], low[1] : high[1], low[0] : high[0]]
+        voxels = np.argwhere(box)
+        if not len(voxels):
+            return detected
+        centres = grid.physical_from_index(voxels[:, ::-1] + low)
+        distance, _ = cKDTree(centres).query(self.points_mm[missed], distance_upper_bound=float(reach.max()))
+        detected[missed] = distance <= reach
+        return detected
+
+
+def truth_from_document(
+    document: TruthDocument | dict, source: str | None = None, max_step_mm: float = TRUTH_STEP_MM
 ) -> VesselTruth:
-    """Truth from ``(radius, points)`` polylines, or ``(radius, points, weights)`` with each point's length."""
+    """The vessel view of a truth document (``truth.json``, read or in memory).
+
+    Each segment's polyline is resampled to ``max_step_mm``, each point standing for its
+    share of length, so that detection is measured as finely whatever the document's
+    vertices; segments with ``weights_mm`` keep their points.
+
+    Parameters
+    ----------
+    document : TruthDocument or dict
+        A dict is checked as :meth:`TruthDocument.from_json` does.
+    source : str, optional
+        Where it came from; by default the document's own source.
+    max_step_mm : float
+    """
+    if not isinstance(document, TruthDocument):
+        document = TruthDocument.from_json(document, source or "truth.json")
+    source = source or document.source
     points, radii, weights = [], [], []
-    for radius, samples, *given in segments:
-        samples = np.asarray(samples, dtype=float).reshape(-1, 3)
-        if len(samples) == 0:
-            continue
-        if given and given[0] is not None:
-            weight = np.asarray(given[0], dtype=float)
-            if weight.shape != (len(samples),):
-                raise ValueError(f"{source}: a segment has {len(samples)} points but {weight.size} weights_mm")
-        else:
-            length = float(np.linalg.norm(np.diff(samples, axis=0), axis=1).sum()) if len(samples) > 1 else 0.0
-            weight = np.full(len(samples), length / len(samples))
+    for segment in document.segments:
+        samples, weight = segment.samples(max_step_mm)
         points.append(samples)
-        radii.append(np.full(len(samples), float(radius)))
+        radii.append(np.full(len(samples), segment.radius_mm))
         weights.append(weight)
-    if not points:
-        raise ValueError(f"the truth {source} holds no centreline points")
     radius_mm = np.concatenate(radii)
     return VesselTruth(
         points_mm=np.concatenate(points),
         radius_mm=radius_mm,
         weight_mm=np.concatenate(weights),
         radii_mm=tuple(sorted({float(r) for r in radius_mm})),
-        class_volume_ml=volumes,
+        class_volume_ml=document.class_volume_ml,
         source=source,
     )
 
 
 def truth_from_design(
-    design: PhantomDesign, class_volume_ml: dict[float, float] | None = None, step_mm: float = 0.25
+    design: PhantomDesign, class_volume_ml: dict[float, float] | None = None, step_mm: float = TRUTH_STEP_MM
 ) -> VesselTruth:
-    """Truth from an in-memory design (for example a cylinder phantom)."""
-    segments = [(s.radius_mm, s.centerline_points(step_mm)) for s in design.segments]
-    return _from_segments(segments, dict(class_volume_ml or {}), "design")
+    """The vessel view of an in-memory design (for example a cylinder phantom), sampled every ``step_mm`` at most."""
+    document = document_from_design(design, class_volume_ml, centerline_step_mm=None, describe_holder=False)
+    return truth_from_document(document, "design", step_mm)
 
 
-def truth_from_document(document: dict, source: str = "truth.json") -> VesselTruth:
-    """Truth from the ImagInfo truth document (``truth.json``)."""
-    if document.get("coordinate_system", "LPS") != "LPS":
-        raise ValueError(f"{source}: coordinate_system must be LPS, got {document.get('coordinate_system')!r}")
-    try:
-        segments = [(float(s["radius_mm"]), s["points"], s.get("weights_mm")) for s in document["segments"]]
-    except (KeyError, TypeError) as error:
-        raise ValueError(
-            f"{source} is not an ImagInfo truth document: each segment needs 'radius_mm' and 'points' ({error})"
-        ) from None
-    volumes = {float(c["radius_mm"]): float(c["true_volume_ml"]) for c in document.get("classes", [])}
-    return _from_segments(segments, volumes, source)
+def truth_from_mask(mask: MaskTruth) -> VesselTruth:
+    """The vessel view of a label map: each class's centreline is its 3D skeleton.
+
+    Each skeleton voxel stands for one voxel of length along the mean spacing.
+    """
+    from skimage.morphology import skeletonize
+
+    array = mask.label_array()
+    grid = mask.grid
+    step = float(np.mean(grid.spacing_mm))
+    present = [int(v) for v in np.unique(array) if v > 0]
+    if not present:
+        raise ValueError(f"{mask.source} holds no labelled voxels")
+    points, radius, weight, volumes = [], [], [], {}
+    # The tree is skeletonised whole, then each skeleton voxel takes its own label:
+    # a short, thick class thinned on its own can vanish entirely.
+    skeleton = skeletonize(array > 0)
+    for label in present:
+        class_radius = mask.class_of_label(label).radius_mm
+        index_kji = np.argwhere(skeleton & (array == label))
+        points.append(grid.physical_from_index(index_kji[:, ::-1]))
+        radius.append(np.full(len(index_kji), class_radius))
+        weight.append(np.full(len(index_kji), step))
+        volumes[class_radius] = float((array == label).sum()) * grid.voxel_volume_mm3 / 1000.0
+    radius_mm = np.concatenate(radius)
+    return VesselTruth(
+        np.concatenate(points), radius_mm, np.concatenate(weight), tuple(sorted(set(radius_mm))), volumes, mask.source
+    )
 
 
 def truth_from_label_map(
     labels: sitk.Image, radii_mm: Sequence[float] | None = None, source: str = "label map"
 ) -> VesselTruth:
-    """Truth from a label map whose value k marks the k-th radius class.
-
-    The centreline of each class is its 3D skeleton; each skeleton voxel stands for
-    one voxel of length along the mean spacing.
-    """
-    from skimage.morphology import skeletonize
-
-    radii = tuple(float(r) for r in (radii_mm if radii_mm is not None else DEFAULT_RADII_MM))
-    array = sitk.GetArrayFromImage(labels)
-    grid = ImageGrid.from_sitk(labels)
-    step = float(np.mean(grid.spacing_mm))
-    present = [int(v) for v in np.unique(array) if v > 0]
-    if present and max(present) > len(radii):
-        raise ValueError(
-            f"{source} has label {max(present)} but only {len(radii)} radius classes are known; "
-            "give the class radii (--radii) in label order"
-        )
-    points, radius, weight = [], [], []
-    # The tree is skeletonised whole, then each skeleton voxel takes its own label:
-    # a short, thick class thinned on its own can vanish entirely.
-    skeleton = skeletonize(array > 0)
-    for label in present:
-        index_kji = np.argwhere(skeleton & (array == label))
-        points.append(grid.physical_from_index(index_kji[:, ::-1]))
-        radius.append(np.full(len(index_kji), radii[label - 1]))
-        weight.append(np.full(len(index_kji), step))
-    if not present:
-        raise ValueError(f"{source} holds no labelled voxels")
-    radius_mm = np.concatenate(radius)
-    volumes = {radii[label - 1]: float((array == label).sum()) * grid.voxel_volume_mm3 / 1000.0 for label in present}
-    return VesselTruth(
-        np.concatenate(points), radius_mm, np.concatenate(weight), tuple(sorted(set(radius_mm))), volumes, source
-    )
+    """Truth from a label map whose value k marks the k-th radius class (``radii_mm``, default the phantom's)."""
+    return truth_from_mask(MaskTruth.from_label_map(labels, radii_mm, source))
 
 
 def load_truth(path: str | Path, radii_mm: Sequence[float] | None = None) -> VesselTruth:
-    """Read a truth: ``truth.json`` (design document) or a label map image."""
+    """Read a truth: ``truth.json`` (the truth document, or a folder holding one) or a label map image."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"truth file not found: {path}")
-    if path.suffix.lower() == ".json":
-        try:
-            document = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path.name} is not valid JSON ({error})") from None
-        return truth_from_document(document, path.name)
+    if path.suffix.lower() == ".json" or (path / TRUTH_FILE).is_file():
+        return truth_from_document(read_truth(path))
     from ImagInfoExtension.io import read_image
 
     return truth_from_label_map(read_image(path), radii_mm, path.name)
@@ -237,9 +285,3 @@ def register_truth_to_image(
     fixed_to_moving = method.Execute(fixed, moving)
     euler = sitk.Euler3DTransform(sitk.CompositeTransform(fixed_to_moving).GetNthTransform(0))
     return euler.GetInverse()
-
-
-def radius_from_segment_name(name: str) -> float | None:
-    """The radius a segment's name states (``r = 1.5 mm``, ``vessel r=1.5 mm``), or None."""
-    found = re.search(r"\br\s*=\s*([0-9]*\.?[0-9]+)", name)
-    return float(found.group(1)) if found else None

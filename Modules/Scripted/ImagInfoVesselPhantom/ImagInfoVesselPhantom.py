@@ -244,7 +244,7 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
         if hasattr(truth, "IsA") and truth.IsA("vtkMRMLSegmentationNode"):
             from ImagInfoExtension.bridge.segmentations import label_map_from_segmentation_node
             from ImagInfoExtension.io import write_image
-            from ImagInfoExtension.vessels.truth import radius_from_segment_name
+            from ImagInfoExtension.truth import radius_from_segment_name
 
             conversion = label_map_from_segmentation_node(truth, reference)
             if radii_mm is None:
