@@ -3,12 +3,18 @@
 Each case runs a picklable function ``job(payload, parameters) -> dict`` on a Dask
 cluster: a local one with one single-threaded worker process per core by default, or
 an existing one given by its scheduler address (that is how a study scales past one
-machine). Each case's outcome is written atomically to ``cache_dir`` as soon as it
-finishes, under a key made of the case's input identity and a hash of the
+machine). Each worker's SimpleITK, BLAS (numpy, scipy) and torch threads are capped so
+that the workers share the cores instead of oversubscribing them. Each case's outcome
+is written atomically to ``cache_dir`` as soon as it finishes, under a key made of the case's input identity and a hash of the
 parameters; a later run with the same inputs and parameters reads it back instead of
 computing it again, so an interrupted run (crash, Ctrl-C, Cancel) loses nothing that
 had finished. A failing case is recorded with its error and the others go on; failed
 cases are retried by the next run.
+
+Cancelling follows :class:`ImagInfoExtension.progress.Cancelled`: the progress
+callback raises it (or Ctrl-C / SIGTERM raise :class:`KeyboardInterrupt`); the batch
+stops its workers and raises :class:`~ImagInfoExtension.progress.Cancelled` saying how
+many cases finished and where they are kept.
 """
 
 from __future__ import annotations
@@ -16,21 +22,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
+import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ImagInfoExtension.io import json_default, write_atomically
-from ImagInfoExtension.progress import ProgressCallback
+from ImagInfoExtension.progress import Cancelled, ProgressCallback
 
 Job = Callable[[dict, dict], dict]
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_CANCELLED = "cancelled"
+
+#: The environment variables that size the BLAS and OpenMP thread pools (numpy, scipy,
+#: torch). They only take effect when set before the libraries load, so local workers
+#: get them before they are spawned.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -80,10 +92,6 @@ class BatchSummary:
     def cached(self) -> list[CaseOutcome]:
         return [o for o in self.outcomes if o.from_cache]
 
-    @property
-    def cancelled(self) -> bool:
-        return any(o.status == STATUS_CANCELLED for o in self.outcomes)
-
 
 def file_identity(path: str | Path) -> dict:
     """Identity of a file or folder: its resolved path, and each file's size and modification time."""
@@ -124,19 +132,58 @@ def _read_cached(path: Path) -> CaseOutcome | None:
     return CaseOutcome(record["name"], STATUS_OK, record["result"], "", record.get("runtime_s", 0.0), True)
 
 
+@contextmanager
+def capped_threads(threads: int) -> Iterator[dict[str, int]]:
+    """Cap SimpleITK's, the BLAS libraries' and torch's threads at ``threads`` while the block runs.
+
+    Yields the caps in force, by library. BLAS pools are capped through threadpoolctl
+    (the pools numpy and scipy loaded), torch only when the job has already imported it
+    (importing torch only to cap it would cost seconds per worker); a torch imported
+    later reads ``OMP_NUM_THREADS``, which local workers get at spawn.
+    """
+    import SimpleITK as sitk
+
+    caps: dict[str, int] = {}
+    previous_sitk = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    caps["SimpleITK"] = threads
+    limiter = None
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits=threads)
+        caps["blas"] = threads
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    previous_torch = None
+    if torch is not None:
+        previous_torch = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        caps["torch"] = threads
+    try:
+        yield caps
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous_sitk)
+        if limiter is not None:
+            limiter.restore_original_limits()
+        if torch is not None and previous_torch is not None:
+            torch.set_num_threads(previous_torch)
+
+
 def run_case(job: Job, case: BatchCase, parameters: dict, record_path: str, threads: int = 0) -> dict:
     """Run one case and write its record atomically; never raises for the job's own errors.
 
-    Runs on a worker. ``threads`` > 0 caps SimpleITK's threads so that workers do not
-    oversubscribe the cores.
+    Runs on a worker. ``threads`` > 0 caps SimpleITK's, BLAS's and torch's threads
+    (:func:`capped_threads`) so that workers do not oversubscribe the cores.
     """
-    if threads > 0:
-        import SimpleITK as sitk
-
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     started = time.perf_counter()
     try:
-        result = job(case.payload, parameters)
+        if threads > 0:
+            with capped_threads(threads):
+                result = job(case.payload, parameters)
+        else:
+            result = job(case.payload, parameters)
         record = {"name": case.name, "status": STATUS_OK, "result": result, "error": ""}
     except Exception as error:  # noqa: BLE001 - one failing case must not stop the batch
         record = {
@@ -171,7 +218,6 @@ def run_batch(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: ProgressCallback | None = None,
-    cancel: threading.Event | None = None,
     threads_per_case: int | None = None,
 ) -> BatchSummary:
     """Run ``job`` on every case; return every case's outcome in the order given.
@@ -192,12 +238,17 @@ def run_batch(
         Address of a running Dask scheduler (``tcp://host:8786``); ``workers`` is then
         ignored. Every worker must see ``cache_dir`` and the inputs at the same paths.
     progress : callable, optional
-        ``progress(done, total, message)`` after each case.
-    cancel : threading.Event, optional
-        When set, cases not yet finished are cancelled; finished ones stay recorded.
+        ``progress(done, total, message)`` after each case; it may raise
+        :class:`~ImagInfoExtension.progress.Cancelled`.
     threads_per_case : int, optional
-        SimpleITK threads of each local worker; by default the cores shared out among
-        the workers.
+        SimpleITK, BLAS and torch threads of each local worker; by default the cores
+        shared out among the workers.
+
+    Raises
+    ------
+    Cancelled
+        When the progress callback raised it, or on Ctrl-C / SIGTERM. Finished cases
+        stay recorded in ``cache_dir``; the message says how many.
     """
     started = time.perf_counter()
     names = [c.name for c in cases]
@@ -228,38 +279,40 @@ def run_batch(
             progress(done, total, f"{outcome.name}: {outcome.status}")
 
     worker_count = 0
-    if pending and workers == 0 and scheduler is None:
-        for case in pending:
-            if cancel is not None and cancel.is_set():
-                break
-            finish(run_case(job, case, parameters, records[case.name]))
-    elif pending:
-        worker_count = _run_on_dask(
-            job, pending, parameters, records, workers, scheduler, cancel, finish, threads_per_case
-        )
-    for case in cases:
-        outcomes.setdefault(case.name, CaseOutcome(case.name, STATUS_CANCELLED, {}, "cancelled before it finished"))
+    try:
+        if pending and workers == 0 and scheduler is None:
+            for case in pending:
+                finish(run_case(job, case, parameters, records[case.name]))
+        elif pending:
+            worker_count = _run_on_dask(job, pending, parameters, records, workers, scheduler, finish, threads_per_case)
+    except KeyboardInterrupt as interrupt:
+        finished = sum(o.status == STATUS_OK for o in outcomes.values())
+        raise Cancelled(
+            f"cancelled: {finished} of {total} case(s) finished and are kept in {cache_dir}; run again to go on"
+        ) from interrupt
     return BatchSummary([outcomes[c.name] for c in cases], worker_count, round(time.perf_counter() - started, 3))
 
 
-def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, finish, threads_per_case) -> int:
+def _run_on_dask(job, pending, parameters, records, workers, scheduler, finish, threads_per_case) -> int:
     import logging
 
+    import dask
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
         workers = workers or default_workers()
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-            env=WORKER_ENVIRONMENT,
-        )
-        client = Client(cluster)
         threads = threads_per_case or max(1, default_workers() // workers)
+        spawn_environment = {**WORKER_ENVIRONMENT, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environment}):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+        client = Client(cluster)
     else:
         client = Client(scheduler)
         workers = len(client.scheduler_info()["workers"])
@@ -279,25 +332,12 @@ def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, 
             )
             names[future] = case.name
         futures = list(names)
-        stop = threading.Event()
-        if cancel is not None:
-
-            def watch() -> None:
-                while not stop.wait(0.2):
-                    if cancel.is_set():
-                        client.cancel(futures)
-                        return
-
-            threading.Thread(target=watch, daemon=True).start()
         try:
             for future in as_completed(futures):
-                if future.cancelled():
-                    continue
                 try:
-                    finish(future.result())
+                    record = future.result()
                 except Exception as error:  # noqa: BLE001 - a lost worker fails its case, not the batch
-                    if cancel is not None and cancel.is_set():
-                        continue
+                    record = None
                     finish(
                         {
                             "name": names[future],
@@ -307,8 +347,9 @@ def _run_on_dask(job, pending, parameters, records, workers, scheduler, cancel, 
                             "runtime_s": 0.0,
                         }
                     )
+                if record is not None:
+                    finish(record)
         finally:
-            stop.set()
             client.cancel([f for f in futures if not f.done()])
     finally:
         client.close()

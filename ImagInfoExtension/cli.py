@@ -173,11 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     source = compare.add_mutually_exclusive_group(required=True)
-    source.add_argument("--manifest", type=Path, help="CSV with columns path,dose_mgy,recon,repetition")
+    source.add_argument(
+        "--manifest",
+        type=Path,
+        help="study CSV: path, dose_mgy, recon, and optionally repetition, series_uid and further factor columns",
+    )
     source.add_argument("dicom_dir", type=Path, nargs="?", help="folder of DICOM series, grouped from their tags")
     compare.add_argument("--out", type=Path, required=True, help="output folder")
     compare.add_argument("--radius", type=float, help="vessel radius tabulated and the d' task (mm, default 3)")
     compare.add_argument("--truth", type=Path, help="phantom design truth.json (default: next to the manifest)")
+    compare.add_argument(
+        "--noise-roi",
+        type=Path,
+        help="label map or mask (any non-zero voxel) of a uniform region for noise SD and NPS, on any grid that "
+        "overlaps the series (default: found automatically)",
+    )
     compare.add_argument("--workers", type=int, help="local worker processes (default one per core; 0: no Dask)")
     compare.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
     compare.add_argument("--rules", type=Path, help="reconstruction rules JSON for DICOM grouping")
@@ -284,11 +294,12 @@ def run_vessels(arguments: argparse.Namespace, progress: ProgressCallback) -> in
 
 def load_study(arguments: argparse.Namespace):
     """The study table and truth path of ``imaginfo compare``'s arguments."""
-    from ImagInfoExtension.dose.study import DEFAULT_RULES, read_manifest, rules_from_json, study_from_dicom
+    from ImagInfoExtension.study.dicom import DEFAULT_RULES, rules_from_json, study_from_dicom
+    from ImagInfoExtension.study.table import DOSE_FACTORS, read_manifest
 
     truth = arguments.truth
     if arguments.manifest is not None:
-        study = read_manifest(arguments.manifest)
+        study = read_manifest(arguments.manifest, DOSE_FACTORS)
         beside = arguments.manifest.parent / "truth.json"
         if truth is None and beside.exists():
             truth = beside
@@ -301,8 +312,9 @@ def load_study(arguments: argparse.Namespace):
 
 
 def run_study(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
-    from ImagInfoExtension.dose.study import DEFAULT_RULES, left_out_path, rules_from_json, study_from_dicom
     from ImagInfoExtension.io import write_atomically
+    from ImagInfoExtension.study.dicom import DEFAULT_RULES, rules_from_json, study_from_dicom
+    from ImagInfoExtension.study.table import left_out_path
 
     rules = rules_from_json(arguments.rules) if arguments.rules else DEFAULT_RULES
     study, unmatched = study_from_dicom(arguments.dicom_dir, rules, progress=progress)
@@ -314,19 +326,12 @@ def run_study(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
     return 0
 
 
-def print_study_summary(result, radius_mm: float) -> None:
-    for metric in ("iqr_hu", "total_volume_ml", "noise_sd_hu"):
-        title = f"{metric} at r = {radius_mm:g} mm" if metric == "iqr_hu" else metric
-        print(f"\n{title} (mean ± SD over repetitions)")
-        print(result.tables[metric].to_string())
-
-
 def comparison_settings_file(path: Path) -> dict:
     """The settings of ``--parameters``: a JSON object of ComparisonParameters fields, checked by name."""
     import json
     from dataclasses import fields
 
-    from ImagInfoExtension.dose.measure import ComparisonParameters
+    from ImagInfoExtension.dose.results import ComparisonParameters
 
     try:
         settings = json.loads(Path(path).read_text())
@@ -341,9 +346,39 @@ def comparison_settings_file(path: Path) -> dict:
     return settings
 
 
+def print_comparison(result) -> None:
+    """The terminal summary of a comparison: its findings, three tables, and what failed or was left out."""
+    from ImagInfoExtension.dose.compare import failure_label
+    from ImagInfoExtension.metrics import metric
+
+    radius = result.parameters.radius_mm
+    if result.findings:
+        print("\nKey findings")
+        for sentence in result.findings:
+            print(f"- {sentence}")
+    for key in ("iqr_hu", "total_volume_ml", "noise_sd_hu"):
+        entry = metric(key)
+        where = f" at r = {radius:g} mm" if entry.per_class else ""
+        print(f"\n{entry.label}{where} (mean ± SD over repetitions)")
+        print(result.tables[key].to_string())
+    batch = result.batch
+    print(
+        f"\n{len(batch.succeeded)} series measured ({len(batch.cached)} from earlier runs), "
+        f"{len(batch.failed)} failed; {batch.wall_s:.1f} s on {batch.workers or 1} worker(s)"
+    )
+    for failure in result.failures.to_dict("records"):
+        print(f"FAILED {failure_label(failure, result.factors)}: {failure['error']}")
+    if not result.warnings.empty:
+        counts = result.warnings.groupby(["metric", "reason"], sort=False).size()
+        for (key, reason), count in counts.items():
+            print(f"NOT MEASURED {key} on {count} series: {reason}")
+        print(f"(listed in {result.files.get('warnings', 'warnings.csv')})")
+    print(f"report: {result.files['report']}")
+
+
 def run_compare(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
     from ImagInfoExtension.dose.compare import EXIT_SOME_SERIES_FAILED, compare_study
-    from ImagInfoExtension.dose.measure import ComparisonParameters
+    from ImagInfoExtension.dose.results import ComparisonParameters
 
     study, truth = load_study(arguments)
     settings = comparison_settings_file(arguments.parameters) if arguments.parameters else {}
@@ -354,6 +389,8 @@ def run_compare(arguments: argparse.Namespace, progress: ProgressCallback) -> in
         "reference_dose_mgy": arguments.reference_dose,
     }
     parameters = ComparisonParameters(**{**settings, **{k: v for k, v in flags.items() if v is not None}})
+    if arguments.noise_roi is not None and not arguments.noise_roi.exists():
+        raise FileNotFoundError(f"--noise-roi {arguments.noise_roi} does not exist; give a label map or mask file")
     result = compare_study(
         study,
         arguments.out,
@@ -362,26 +399,25 @@ def run_compare(arguments: argparse.Namespace, progress: ProgressCallback) -> in
         workers=arguments.workers,
         scheduler=arguments.scheduler,
         progress=progress,
+        noise_roi=arguments.noise_roi,
     )
-    print_study_summary(result, parameters.radius_mm)
-    batch = result.batch
-    print(
-        f"\n{len(batch.succeeded)} series measured ({len(batch.cached)} from earlier runs), "
-        f"{len(batch.failed)} failed; "
-        f"{batch.wall_s:.1f} s on {batch.workers or 1} worker(s)"
-    )
-    for failure in result.failures.itertuples():
-        print(f"FAILED {failure.recon} {failure.dose_mgy:g} mGy rep {failure.repetition}: {failure.error}")
-    print(f"report: {result.files['report']}")
+    print_comparison(result)
     return 0 if result.failures.empty else EXIT_SOME_SERIES_FAILED
 
 
-def _runner(command: str) -> Callable[[argparse.Namespace, ProgressCallback], int]:
-    if command == "demo":
-        from ImagInfoExtension.demo import run_demo
+def run_demo(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.demo import run_demo as demo
 
-        return run_demo
+    outputs = demo(_study_request(arguments, "nrrd"), arguments.out, arguments.workers, progress)
+    print_comparison(outputs.comparison)
+    for line in outputs.describe():
+        print(line)
+    return outputs.exit_code
+
+
+def _runner(command: str) -> Callable[[argparse.Namespace, ProgressCallback], int]:
     return {
+        "demo": run_demo,
         "phantom": run_phantom,
         "sample": run_sample,
         "vessels": run_vessels,
@@ -399,12 +435,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 1
     try:
         code = runner(arguments, reporter)
-    except (ValueError, FileNotFoundError, InterruptedError) as error:
+    except (ValueError, FileNotFoundError) as error:
         reporter.close(succeeded=False)
         parser.exit(2, f"imaginfo {arguments.command}: error: {error}\n")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        # Cancelled, Ctrl-C and SIGTERM alike (one convention: ImagInfoExtension.progress.Cancelled).
         reporter.close(succeeded=False)
-        parser.exit(130, f"imaginfo {arguments.command}: interrupted; finished files are complete\n")
+        detail = str(interrupt) or "interrupted; finished files are complete"
+        parser.exit(130, f"imaginfo {arguments.command}: {detail}\n")
     reporter.close(succeeded=code == 0)
     return code
 

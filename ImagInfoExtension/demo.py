@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from ImagInfoExtension.dose.compare import EXIT_SOME_SERIES_FAILED, compare_study
+from ImagInfoExtension.dose.results import ComparisonParameters, ComparisonResult
 from ImagInfoExtension.io import read_image
 from ImagInfoExtension.phantom.scanner import VirtualScanner
+from ImagInfoExtension.phantom.study import StudyRequest, generate_study
 from ImagInfoExtension.progress import ProgressCallback, stage
 from ImagInfoExtension.report import save_montage
+from ImagInfoExtension.study.table import DOSE_FACTORS, read_manifest
 
 
 def _truth_segments(scanner: VirtualScanner) -> list:
@@ -42,13 +46,47 @@ def write_demo_scene(scanner: VirtualScanner, volumes: dict[str, sitk.Image], pa
     return bridge.save_scene_bundle(scene, path)
 
 
-def run_demo(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
-    from ImagInfoExtension.cli import _study_request
-    from ImagInfoExtension.phantom.study import generate_study
+@dataclass
+class DemoOutputs:
+    """What ``imaginfo demo`` wrote."""
 
+    comparison: ComparisonResult
+    study_dir: Path
+    acquisitions: int
+    montage: Path
+    scene: Path
+    true_volume_ml: float
+    elapsed_s: float
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.comparison.failures.empty else EXIT_SOME_SERIES_FAILED
+
+    def describe(self) -> list[str]:
+        """Where everything is, for the terminal."""
+        batch = self.comparison.batch
+        out = self.comparison.files["report"].parent
+        return [
+            f"tables:   {out} (results_long.csv, iq_metrics.csv, table_*.csv, tables.xlsx, plots)",
+            f"study:    {self.study_dir} ({self.acquisitions} acquisitions, manifest.csv, truth.json, "
+            "truth_labels.nrrd)",
+            f"montage:  {self.montage}",
+            f"scene:    {self.scene} (open in 3D Slicer: File > Add Data)",
+            f"{len(batch.succeeded)} series measured on {batch.workers or 1} worker(s), {len(batch.failed)} failed; "
+            f"true vessel volume {self.true_volume_ml:.3f} ml; finished in {self.elapsed_s:.1f} s",
+        ]
+
+
+def run_demo(
+    request: StudyRequest, out: str | Path, workers: int | None = None, progress: ProgressCallback | None = None
+) -> DemoOutputs:
+    """The virtual dose study: scan the phantom as ``request`` says, then compare the scans.
+
+    Writes ``out/study`` (the acquisitions and the truth), ``out/montage.png``,
+    ``out/phantom_study.mrb`` and ``out/comparison`` (the report and its tables).
+    """
     started = time.perf_counter()
-    out = Path(arguments.out)
-    request = _study_request(arguments, "nrrd")
+    out = Path(out)
     scanner = request.scanner()
     study_dir = out / "study"
     # One count over both stages: scanning (acquisitions + truth), then measuring each series.
@@ -75,35 +113,23 @@ def run_demo(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
         title=f"Digital vessel phantom, axial slice {k} (repetition 1)",
     )
     scene = write_demo_scene(scanner, volumes, out / "phantom_study.mrb")
-
-    from ImagInfoExtension.cli import print_study_summary
-    from ImagInfoExtension.dose.compare import EXIT_SOME_SERIES_FAILED, compare_study
-    from ImagInfoExtension.dose.measure import ComparisonParameters
-    from ImagInfoExtension.dose.study import read_manifest
-
-    parameters = ComparisonParameters()
-    progress(scans + 1, total, "montage and scene written")
+    if progress is not None:
+        progress(scans + 1, total, "montage and scene written")
     result = compare_study(
-        read_manifest(study_dir / "manifest.csv"),
+        read_manifest(study_dir / "manifest.csv", DOSE_FACTORS),
         out / "comparison",
-        parameters,
+        ComparisonParameters(),
         truth=study_dir / "truth.json",
-        workers=arguments.workers,
+        workers=workers,
         progress=stage(progress, scans + 1, scans, total),
         virtual=True,
     )
-    elapsed = time.perf_counter() - started
-    print_study_summary(result, parameters.radius_mm)
-    batch = result.batch
-    print(f"\nreport:   {result.files['report']}")
-    print(f"tables:   {out / 'comparison'} (results_long.csv, iq_metrics.csv, table_*.csv, tables.xlsx, plots)")
-    print(f"study:    {study_dir} ({len(manifest)} acquisitions, manifest.csv, truth.json, truth_labels.nrrd)")
-    print(f"montage:  {montage}")
-    print(f"scene:    {scene} (open in 3D Slicer: File > Add Data)")
-    print(
-        f"{len(batch.succeeded)} series measured on {batch.workers or 1} worker(s), {len(batch.failed)} failed; "
-        f"true vessel volume {scanner.truth.total_volume_ml:.3f} ml; finished in {elapsed:.1f} s"
+    return DemoOutputs(
+        comparison=result,
+        study_dir=study_dir,
+        acquisitions=len(manifest),
+        montage=montage,
+        scene=scene,
+        true_volume_ml=scanner.truth.total_volume_ml,
+        elapsed_s=time.perf_counter() - started,
     )
-    for failure in result.failures.itertuples():
-        print(f"FAILED {failure.recon} {failure.dose_mgy:g} mGy rep {failure.repetition}: {failure.error}")
-    return 0 if result.failures.empty else EXIT_SOME_SERIES_FAILED

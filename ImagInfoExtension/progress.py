@@ -20,8 +20,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-#: ``progress(done, total, message)``; it may raise to cancel the job that calls it.
+#: ``progress(done, total, message)``; it may raise :class:`Cancelled` to stop the job that calls it.
 ProgressCallback = Callable[[int, int, str], None]
+
+
+class Cancelled(KeyboardInterrupt):
+    """The one way a job is cancelled.
+
+    A caller cancels by raising it from its progress callback; the command line turns
+    Ctrl-C and SIGTERM (a GUI's Cancel) into the same unwinding, since this is a
+    :class:`KeyboardInterrupt`. Like Ctrl-C it is no :class:`Exception`: a batch does not
+    record it as one more failed case, and every ``finally`` on the way out removes
+    partial files and stops workers. What finished stays finished (the batch cache),
+    and the message says so.
+    """
+
 
 PROGRESS_MODES = ("bar", "json", "none")
 

@@ -23,14 +23,16 @@ from ImagInfoExtension.dose.analysis import (
     iso_metric_dose,
     welch_anova,
 )
-from ImagInfoExtension.dose.compare import IQ_COLUMNS
-from ImagInfoExtension.dose.study import (
+from ImagInfoExtension.study.dicom import (
     ReconstructionRule,
     classify_reconstruction,
-    read_manifest,
     rules_to_json,
     study_from_dicom,
 )
+from ImagInfoExtension.study.measurements import IMAGE_QUALITY_METRICS
+from ImagInfoExtension.study.table import DOSE_FACTORS, read_manifest
+
+IQ_COLUMNS = [*DOSE_FACTORS, *IMAGE_QUALITY_METRICS]
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -102,16 +104,16 @@ def test_rules_classify_vendor_names():
 
 def test_manifest_errors_name_the_fix(tmp_path):
     path = tmp_path / "m.csv"
-    pd.DataFrame({"path": ["a.nrrd"], "dose_mgy": [1.0], "recon": ["FBP"]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match="lacks the column.*repetition"):
-        read_manifest(path)
+    pd.DataFrame({"path": ["a.nrrd"], "dose_mgy": [1.0]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="lacks the column.*recon"):
+        read_manifest(path, DOSE_FACTORS)
     pd.DataFrame({"path": ["a", "b"], "dose_mgy": [1, 1], "recon": ["FBP", "FBP"], "repetition": [1, 1]}).to_csv(
         path, index=False
     )
     with pytest.raises(ValueError, match="number the repetitions apart"):
         read_manifest(path)
     pd.DataFrame({"path": ["a"], "dose_mgy": [-1], "recon": ["FBP"], "repetition": [1]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match="positive CTDIvol"):
+    with pytest.raises(ValueError, match="dose_mgy -1 is not a positive number"):
         read_manifest(path)
 
 
@@ -139,7 +141,7 @@ def test_dicom_grouping_from_tags_alone_matches_the_manifest(tiny_study, tmp_pat
     assert unmatched["reason"].tolist() == ["no reconstruction rule matched"]
     # Editable rules: a rule for the localizer takes it in.
     rules_file = tmp_path / "rules.json"
-    from ImagInfoExtension.dose.study import DEFAULT_RULES, rules_from_json
+    from ImagInfoExtension.study.dicom import DEFAULT_RULES, rules_from_json
 
     rules_file.write_text(rules_to_json((ReconstructionRule("DL", "Localizer"), *DEFAULT_RULES)))
     study, unmatched = study_from_dicom(stray, rules_from_json(rules_file))
@@ -290,7 +292,7 @@ def test_virtual_study_noise_follows_a_power_law(demo):
 
 
 def test_compare_on_dicom_grouped_from_tags_equals_the_nrrd_measurements(tiny_study, tmp_path):
-    from ImagInfoExtension.dose.measure import measure_series
+    from ImagInfoExtension.study.runner import measure_series, plugin_parameters
 
     out = tmp_path / "dicom_out"
     assert main(["compare", str(tiny_study / "dicom"), "--out", str(out), "--workers", "2"]) == 0
@@ -300,10 +302,12 @@ def test_compare_on_dicom_grouped_from_tags_equals_the_nrrd_measurements(tiny_st
         map(tuple, manifest[["recon", "dose_mgy", "repetition"]].values.tolist())
     )
     # The DICOM series holds the NRRD's voxels and geometry, so every number agrees.
-    nrrd = measure_series({"path": str(tiny_study / "IR_2.1mGy_rep2.nrrd")}, {})
+    parameters = {"plugins": plugin_parameters(["vessels", "image_quality"])}
+    nrrd = measure_series({"path": str(tiny_study / "IR_2.1mGy_rep2.nrrd")}, parameters)
+    measured = {row["metric"]: row["value"] for row in nrrd["rows"] if row["radius_mm"] is None}
     row = iq[(iq["recon"] == "IR") & (iq["repetition"] == 2)].iloc[0]
     for metric in ("noise_sd_hu", "nps_fpeak_per_mm", "ttf50_per_mm", "dprime_npw"):
-        assert row[metric] == pytest.approx(nrrd["iq"][metric], rel=1e-5), metric  # CSV keeps 6 digits
+        assert row[metric] == pytest.approx(measured[metric], rel=1e-5), metric  # CSV keeps 6 digits
 
 
 def test_batch_runs_on_an_existing_dask_scheduler(tmp_path):

@@ -10,6 +10,8 @@ import pytest
 
 pytest.importorskip("slicer", reason="module tests need the slicer-core wheel (pip install imaginfo[slicer-core])")
 
+from ImagInfoExtension.progress import Cancelled  # noqa: E402
+
 MODULE_NAME = "ImagInfoDoseComparison"
 
 
@@ -54,7 +56,7 @@ def test_parameter_node_drives_the_logic_and_edits_count(module, slicer_scene, s
 
 
 def test_dicom_folder_and_database_group_like_the_manifest(module, slicer_scene, tiny_study):
-    from ImagInfoExtension.dose.study import read_manifest
+    from ImagInfoExtension.study.table import read_manifest
 
     logic = module.ImagInfoDoseComparisonLogic()
     expected = read_manifest(tiny_study / "manifest.csv")[["recon", "dose_mgy", "repetition"]]
@@ -115,7 +117,7 @@ def test_cancel_keeps_finished_series_and_leaves_the_scene(module, slicer_scene,
         time.sleep(0.05)
     job.cancel(wait=True)
     assert job.state == "cancelled"
-    with pytest.raises(InterruptedError):
+    with pytest.raises(Cancelled):
         job.result()
     job.close()
     assert slicer.mrmlScene.GetNumberOfNodes() == before

@@ -121,7 +121,7 @@ import json, sys
 import numpy as np, pydicom, SimpleITK as sitk
 from ImagInfoExtension.geometry import ImageGrid
 from ImagInfoExtension.io import CTSeriesInfo, read_dicom_series, write_ct_series
-from ImagInfoExtension.dose.study import study_from_dicom
+from ImagInfoExtension.study.dicom import study_from_dicom
 grid = ImageGrid((12, 10, 5), (0.7, 0.7, 1.25), (-4.0, 2.0, 10.0))
 array = np.random.default_rng(0).integers(-1024, 2000, grid.shape_kji).astype(np.int16)
 info = CTSeriesInfo("IR 1 mGy rep 1", 1.0, "FC08", "ITERATIVE", uid_entropy=("pydicom2",))

@@ -15,10 +15,10 @@ from ImagInfoExtension.geometry import ImageGrid
 from ImagInfoExtension.io import CTSeriesInfo, write_ct_series, write_image
 from ImagInfoExtension.phantom import AcquisitionSettings, VirtualScanner
 from ImagInfoExtension.phantom.cylinders import make_cylinder_phantom
+from ImagInfoExtension.progress import Cancelled
 from ImagInfoExtension.vessels import (
     BASE_COLUMNS,
     TRUTH_COLUMNS,
-    QuantificationCancelledError,
     quantify_vessels,
     register_truth_to_image,
     truth_from_design,
@@ -213,9 +213,9 @@ def test_cancel_stops_the_run():
 
     def cancel(done, total, message):
         if done >= 50:
-            raise QuantificationCancelledError("cancelled")
+            raise Cancelled("cancelled")
 
-    with pytest.raises(QuantificationCancelledError):
+    with pytest.raises(Cancelled):
         quantify_vessels(phantom.image, progress=cancel)
 
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ImagInfoExtension.batch import default_workers  # noqa: E402
 from ImagInfoExtension.dose.compare import compare_study  # noqa: E402
-from ImagInfoExtension.dose.study import read_manifest  # noqa: E402
 from ImagInfoExtension.phantom.study import StudyRequest, generate_study  # noqa: E402
+from ImagInfoExtension.study.table import read_manifest  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench_results" / "batch"
 

@@ -26,9 +26,9 @@ def database_series_files(series_uids: Sequence[str], database: Any = None) -> l
 def study_from_database(series_uids: Sequence[str], rules: Sequence[Any] | None = None, database: Any = None):
     """Group series of the DICOM database into a study, as ``imaginfo study`` groups a folder.
 
-    Returns ``(study, left_out)`` like :func:`ImagInfoExtension.dose.study.study_from_series`.
+    Returns ``(study, left_out)`` like :func:`ImagInfoExtension.study.dicom.study_from_series`.
     """
-    from ImagInfoExtension.dose.study import DEFAULT_RULES, scan_dicom_files, study_from_series
+    from ImagInfoExtension.study.dicom import DEFAULT_RULES, scan_dicom_files, study_from_series
 
     files = database_series_files(series_uids, database)
     return study_from_series(scan_dicom_files(files), rules or DEFAULT_RULES, "the DICOM database selection")

@@ -32,7 +32,7 @@ from typing import Any
 import ImagInfoExtension
 from ImagInfoExtension.bridge.compat import application, import_slicer
 from ImagInfoExtension.io import remove_partial_files
-from ImagInfoExtension.progress import PARENT_PIPE_VARIABLE, ProgressEvent, parse_progress_line
+from ImagInfoExtension.progress import PARENT_PIPE_VARIABLE, Cancelled, ProgressEvent, parse_progress_line
 
 RUNNING = "running"
 CANCELLING = "cancelling"
@@ -277,8 +277,8 @@ class ChildJob:
         ------
         JobFailedError
             The child failed; the message is its own.
-        InterruptedError
-            The job was cancelled.
+        Cancelled
+            The job was cancelled (the one cancellation convention, :class:`ImagInfoExtension.progress.Cancelled`).
         RuntimeError
             The job has not finished yet.
         """
@@ -291,7 +291,7 @@ class ChildJob:
         if self.state == FAILED:
             raise JobFailedError(self.error_message)
         if self.state in (CANCELLED, CANCELLING):
-            raise InterruptedError(f"imaginfo {self.command} was cancelled")
+            raise Cancelled(f"imaginfo {self.command} was cancelled")
         raise RuntimeError(f"imaginfo {self.command} is still running; poll() or wait() first")
 
     # Ending -------------------------------------------------------------------------

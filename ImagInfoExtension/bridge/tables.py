@@ -13,6 +13,7 @@ import numpy as np
 
 from ImagInfoExtension.bridge.compat import import_slicer
 from ImagInfoExtension.bridge.volumes import numpy_support, vtk_module
+from ImagInfoExtension.metrics import registered
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,7 +31,11 @@ _UNIT_SUFFIXES = {
 
 
 def unit_of(column: str) -> str:
-    """The unit named by a column's suffix (``volume_ml`` -> ``ml``), or ``""``."""
+    """A column's unit: the metric registry's for a metric (``cnr`` -> ``""``, ``ttf50_per_mm`` -> ``mm⁻¹``),
+    else the one its suffix names (``dose_mgy`` -> ``mGy``), or ``""``."""
+    known = registered().get(column)
+    if known is not None:
+        return known.unit
     for suffix in sorted(_UNIT_SUFFIXES, key=len, reverse=True):
         if column.lower().endswith(suffix):
             return _UNIT_SUFFIXES[suffix]

@@ -1,8 +1,8 @@
 """Aggregation and statistics of a dose study's long-format results.
 
-The input is ``results_long`` with columns
-``recon,dose_mgy,repetition,radius_mm,metric,value`` (``radius_mm`` NaN for
-whole-image metrics).
+The input is the study runner's long table, ``<factors>,radius_mm,metric,value``
+(``radius_mm`` NaN for whole-image metrics), with the dose study's factors ``recon``,
+``dose_mgy`` and ``repetition``.
 """
 
 from __future__ import annotations
@@ -13,22 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-LONG_COLUMNS = ["recon", "dose_mgy", "repetition", "radius_mm", "metric", "value"]
-
-#: Metrics tabulated like the published table, and the radius they are read at (None: whole image).
-TABLE_METRICS: tuple[tuple[str, bool], ...] = (
-    ("mpv_hu", True),
-    ("iqr_hu", True),
-    ("total_volume_ml", False),
-    ("noise_sd_hu", False),
-    ("nps_fpeak_per_mm", False),
-    ("ttf50_per_mm", False),
-    ("dprime_npw", False),
-)
-
-
-#: Metrics shown with one decimal (their SD over repetitions is often below 1).
-PRECISE_METRICS = ("noise_sd_hu", "cnr", "dprime_npw", "dprime_npwe")
+from ImagInfoExtension.metrics import metric as registered_metric
 
 #: Conventional order of reconstructions in tables; others follow alphabetically.
 RECON_ORDER = ("FBP", "IR", "DL")
@@ -49,21 +34,17 @@ def rows_at_radius(table: pd.DataFrame, metric: str, radius_mm: float | None) ->
     return rows[np.isclose(rows["radius_mm"].astype(float), radius_mm)]
 
 
-def aggregate(long: pd.DataFrame) -> pd.DataFrame:
-    """Mean, SD and count over repetitions for every (recon, dose, radius, metric)."""
+def aggregate(long: pd.DataFrame, conditions: Sequence[str] = ("recon", "dose_mgy")) -> pd.DataFrame:
+    """Mean, SD and count over repetitions for every (condition, radius, metric).
+
+    ``conditions`` are the study's factors but the repetition.
+    """
+    conditions = list(conditions)
     keyed = long.assign(radius_key=long["radius_mm"].fillna(-1.0))
-    grouped = keyed.groupby(["recon", "dose_mgy", "radius_key", "metric"])["value"]
+    grouped = keyed.groupby([*conditions, "radius_key", "metric"])["value"]
     table = grouped.agg(mean="mean", sd="std", n="count").reset_index()
     table["radius_mm"] = table["radius_key"].where(table["radius_key"] >= 0)
-    return table.drop(columns="radius_key")[["recon", "dose_mgy", "radius_mm", "metric", "mean", "sd", "n"]]
-
-
-def _format_cell(mean: float, sd: float, metric: str) -> str:
-    if not np.isfinite(mean):
-        return ""
-    digits = 2 if metric.endswith("_ml") else 3 if "per_mm" in metric else 1 if metric in PRECISE_METRICS else 0
-    sd_text = "–" if not np.isfinite(sd) else f"{sd:.{digits}f}"
-    return f"{mean:.{digits}f} ± {sd_text}"
+    return table.drop(columns="radius_key")[[*conditions, "radius_mm", "metric", "mean", "sd", "n"]]
 
 
 def published_table(
@@ -76,7 +57,7 @@ def published_table(
     table = pd.DataFrame(index=pd.Index(recons, name="recon"), columns=[f"{d:g} mGy" for d in doses], dtype=object)
     for row in rows.itertuples():
         if row.recon in table.index:
-            table.loc[row.recon, f"{row.dose_mgy:g} mGy"] = _format_cell(row.mean, row.sd, metric)
+            table.loc[row.recon, f"{row.dose_mgy:g} mGy"] = registered_metric(metric).format_mean_sd(row.mean, row.sd)
     return table.fillna("")
 
 

@@ -1,34 +1,29 @@
-"""Plots and the self-contained HTML report of a dose comparison."""
+"""The files of a dose comparison for people: plots and the self-contained HTML report.
+
+Titles, units and decimals come from the metric registry (:mod:`ImagInfoExtension.metrics`).
+This module only writes: it takes a computed
+:class:`~ImagInfoExtension.dose.results.ComparisonResult` and imports nothing from
+:mod:`~ImagInfoExtension.dose.compare`.
+"""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
 import html
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ImagInfoExtension.io import write_atomically
-
-if TYPE_CHECKING:
-    from ImagInfoExtension.dose.compare import ComparisonResult
-    from ImagInfoExtension.dose.measure import ComparisonParameters
-
-METRIC_LABELS = {
-    "mpv_hu": "MPV (HU)",
-    "iqr_hu": "IQR (HU)",
-    "total_volume_ml": "total vessel volume (ml)",
-    "noise_sd_hu": "noise SD (HU)",
-    "nps_fpeak_per_mm": "NPS peak frequency (mm⁻¹)",
-    "ttf50_per_mm": "TTF50 (mm⁻¹)",
-    "dprime_npw": "d′ (NPW)",
-    "dprime_npwe": "d′ (NPWE)",
-    "detection_rate": "detection rate",
-    "radius_bias_mm": "radius bias (mm)",
-}
+from ImagInfoExtension.dose.analysis import recon_order, rows_at_radius
+from ImagInfoExtension.dose.findings import PUBLISHED_METRICS, published_values
+from ImagInfoExtension.dose.results import ComparisonResult, write_table_files
+from ImagInfoExtension.io import json_default, write_atomically
+from ImagInfoExtension.metrics import metric, tabulated_metrics
+from ImagInfoExtension.provenance import provenance_document
 
 VIRTUAL_STUDY_NOTE = (
     "These images come from ImagInfo's digital replica of the vessel phantom. Their reconstructions are "
@@ -36,22 +31,52 @@ VIRTUAL_STUDY_NOTE = (
     "published study), not the vendors' FBP, iterative or deep-learning algorithms."
 )
 
-
-#: The same colour for a reconstruction in every plot.
+#: The same colour for a reconstruction in every plot; others take the next colours of the cycle.
 RECON_COLOURS = {"FBP": "C0", "IR": "C1", "DL": "C2"}
+#: Line styles by dose, thin to thick dash, so that colour stays free for the reconstruction.
+DOSE_STYLES = ("-", "--", "-.", ":", (0, (1, 1)), (0, (5, 1, 1, 1)))
+#: Log-axis tick labels keep at least this many decades apart, so that they never overlap.
+MIN_LABEL_GAP_DECADES = 0.25
 
 
-def _dose_axis(ax, doses) -> None:
-    from matplotlib.ticker import NullFormatter
-
-    ax.set_xscale("log")
-    ax.set_xticks(doses)
-    ax.set_xticklabels([f"{d:g}" for d in doses])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("CTDIvol (mGy)")
+def recon_colours(recons: Sequence[str]) -> dict[str, str]:
+    spare = iter(f"C{n}" for n in range(3, 10))
+    return {recon: RECON_COLOURS.get(recon) or next(spare, "k") for recon in recons}
 
 
-def _figure():
+def readable_log_ticks(values: Sequence[float], min_gap_decades: float = MIN_LABEL_GAP_DECADES) -> list[float]:
+    """The values to label on a log axis: the smallest, then each at least ``min_gap_decades`` past the last.
+
+    The largest is kept too, replacing the last labelled one when they are too close.
+    """
+    ordered = sorted({float(v) for v in values if v > 0})
+    if not ordered:
+        return []
+    labelled = [ordered[0]]
+    for value in ordered[1:]:
+        if np.log10(value / labelled[-1]) >= min_gap_decades:
+            labelled.append(value)
+    if labelled[-1] != ordered[-1]:
+        if len(labelled) > 1 and np.log10(ordered[-1] / labelled[-2]) >= min_gap_decades:
+            labelled[-1] = ordered[-1]
+    return labelled
+
+
+def log_axis(ax, values: Sequence[float], axis: str = "x") -> None:
+    """A log axis with a tick at every value and labels only where they fit (:func:`readable_log_ticks`)."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
+    values = sorted({float(v) for v in values if v > 0})
+    labelled = readable_log_ticks(values)
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target.set_major_locator(FixedLocator(labelled))
+    target.set_major_formatter(FixedFormatter([f"{v:g}" for v in labelled]))
+    target.set_minor_locator(FixedLocator([v for v in values if v not in labelled]))
+    target.set_minor_formatter(NullFormatter())
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -69,19 +94,22 @@ def _save(fig, out_dir: Path, name: str) -> dict[str, Path]:
     return paths
 
 
-def plot_metrics_against_dose(result: ComparisonResult, parameters: ComparisonParameters, out_dir: Path) -> dict:
-    """One panel per tabulated metric: mean ± SD against dose (log axis), a line per reconstruction."""
-    from ImagInfoExtension.dose.analysis import TABLE_METRICS, rows_at_radius
-
-    plt = _figure()
-    metrics = [*TABLE_METRICS, ("dprime_npwe", False)]
-    fig, axes = plt.subplots(2, 4, figsize=(15, 7))
-    summary = result.summary
-    for ax, (metric, per_radius) in zip(axes.ravel(), metrics, strict=False):
-        rows = rows_at_radius(summary, metric, parameters.radius_mm if per_radius else None)
-        for recon, group in rows.groupby("recon"):
-            group = group.sort_values("dose_mgy")
-            colour = RECON_COLOURS.get(recon)
+def figure_metrics_against_dose(summary: pd.DataFrame, radius_mm: float):
+    """One panel per tabulated metric: mean ± SD against dose, a line per reconstruction; legend below."""
+    plt = _pyplot()
+    metrics = [*tabulated_metrics(), metric("dprime_npwe")]
+    columns = 4
+    rows = int(np.ceil(len(metrics) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(15, 3.4 * rows + 0.6), squeeze=False, layout="constrained")
+    recons = recon_order(summary["recon"])
+    colours = recon_colours(recons)
+    doses = sorted(summary["dose_mgy"].unique())
+    for ax, entry in zip(axes.ravel(), metrics, strict=False):
+        data = rows_at_radius(summary, entry.key, radius_mm if entry.per_class else None)
+        for recon in recons:
+            group = data[data["recon"] == recon].sort_values("dose_mgy")
+            if group.empty:
+                continue
             ax.errorbar(
                 group["dose_mgy"],
                 group["mean"],
@@ -89,152 +117,333 @@ def plot_metrics_against_dose(result: ComparisonResult, parameters: ComparisonPa
                 marker="o",
                 capsize=3,
                 label=recon,
-                color=colour,
+                color=colours[recon],
             )
-        _dose_axis(ax, sorted(summary["dose_mgy"].unique()))
-        label = METRIC_LABELS.get(metric, metric)
-        ax.set_title(f"{label}, r = {parameters.radius_mm:g} mm" if per_radius else label, fontsize=10)
+        log_axis(ax, doses)
+        ax.set_xlabel("CTDIvol (mGy)")
+        ax.set_title(f"{entry.label}, r = {radius_mm:g} mm" if entry.per_class else entry.label, fontsize=10)
         ax.grid(alpha=0.3)
-    axes.ravel()[0].legend()
-    fig.tight_layout()
-    paths = _save(fig, out_dir, "metrics_vs_dose")
-    plt.close(fig)
-    return paths
+    for ax in axes.ravel()[len(metrics) :]:
+        ax.set_visible(False)
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), title="reconstruction")
+    return fig
 
 
-def plot_curves(result: ComparisonResult, kind: str, out_dir: Path) -> dict:
-    """Mean NPS or TTF curve per (reconstruction, dose), one panel per reconstruction."""
-    plt = _figure()
+def _dose_colour(cmap, index: int, count: int):
+    # viridis stops short of its pale yellow end, which is hard to see on white.
+    return cmap(0.85 * index / max(1, count - 1))
+
+
+def figure_curves(curves: dict, kind: str):
+    """Mean NPS or TTF curve per (reconstruction, dose), one panel per reconstruction; dose legend at the right."""
+    plt = _pyplot()
     by_recon: dict[str, dict[float, list]] = {}
-    for curve in result.curves.values():
+    for curve in curves.values():
         if kind in curve:
-            by_recon.setdefault(curve["recon"], {}).setdefault(curve["dose_mgy"], []).append(curve[kind])
+            by_recon.setdefault(curve["recon"], {}).setdefault(float(curve["dose_mgy"]), []).append(curve[kind])
     if not by_recon:
-        return {}
-    fig, axes = plt.subplots(1, len(by_recon), figsize=(4.5 * len(by_recon), 3.6), squeeze=False)
+        return None
+    recons = recon_order(by_recon)
+    doses = sorted({d for per_dose in by_recon.values() for d in per_dose})
+    fig, axes = plt.subplots(
+        1, len(recons), figsize=(4.2 * len(recons) + 1.2, 3.6), squeeze=False, layout="constrained"
+    )
     cmap = plt.get_cmap("viridis")
-    for ax, recon in zip(axes[0], sorted(by_recon), strict=True):
-        doses = sorted(by_recon[recon])
-        for n, dose in enumerate(doses):
-            curves = by_recon[recon][dose]
-            f = np.asarray(curves[0]["frequency_per_mm"])
-            values = np.mean([np.interp(f, c["frequency_per_mm"], c["value"]) for c in curves], axis=0)
-            ax.plot(f, values, color=cmap(n / max(1, len(doses) - 1)), label=f"{dose:g} mGy")
+    for ax, recon in zip(axes[0], recons, strict=True):
+        for dose in doses:
+            found = by_recon[recon].get(dose)
+            if not found:
+                continue
+            f = np.asarray(found[0]["frequency_per_mm"])
+            values = np.mean([np.interp(f, c["frequency_per_mm"], c["value"]) for c in found], axis=0)
+            ax.plot(f, values, color=_dose_colour(cmap, doses.index(dose), len(doses)), label=f"{dose:g} mGy")
         ax.set_title(recon)
         ax.set_xlabel("spatial frequency (mm⁻¹)")
         ax.set_ylabel("NPS (HU² mm²)" if kind == "nps" else "TTF")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    paths = _save(fig, out_dir, f"{kind}_curves")
-    plt.close(fig)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", title="CTDIvol")
+    return fig
+
+
+def figure_accuracy_against_radius(long: pd.DataFrame):
+    """Detection rate and radius bias against the true radius: a column per reconstruction, a line per dose.
+
+    Faceting by reconstruction keeps each panel to one line per dose, and the single
+    dose legend sits outside the panels, so that nothing covers the data.
+    """
+    plt = _pyplot()
+    keys = ("detection_rate", "radius_bias_mm")
+    data = long[long["metric"].isin(keys)]
+    if data.empty:
+        return None
+    means = data.groupby(["recon", "dose_mgy", "radius_mm", "metric"])["value"].mean().reset_index()
+    recons = recon_order(means["recon"])
+    doses = sorted(means["dose_mgy"].unique())
+    radii = sorted(means["radius_mm"].dropna().unique())
+    fig, axes = plt.subplots(
+        2,
+        len(recons),
+        figsize=(3.6 * len(recons) + 1.4, 6.2),
+        squeeze=False,
+        sharex=True,
+        sharey="row",
+        layout="constrained",
+    )
+    cmap = plt.get_cmap("viridis")
+    for column, recon in enumerate(recons):
+        for row, key in enumerate(keys):
+            ax = axes[row][column]
+            for n, dose in enumerate(doses):
+                group = means[(means["recon"] == recon) & (means["dose_mgy"] == dose) & (means["metric"] == key)]
+                group = group.sort_values("radius_mm")
+                ax.plot(
+                    group["radius_mm"],
+                    group["value"],
+                    marker=".",
+                    color=_dose_colour(cmap, n, len(doses)),
+                    linestyle=DOSE_STYLES[n % len(DOSE_STYLES)],
+                    label=f"{dose:g} mGy",
+                )
+            if key == "radius_bias_mm":
+                ax.axhline(0, color="k", lw=0.8)
+            log_axis(ax, radii)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(recon)
+            if row == 1:
+                ax.set_xlabel("true radius (mm)")
+            if column == 0:
+                ax.set_ylabel(metric(key).label)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", title="CTDIvol")
+    return fig
+
+
+def write_plots(result: ComparisonResult, out_dir: Path) -> dict[str, Path]:
+    plt = _pyplot()
+    figures = {
+        "metrics_vs_dose": figure_metrics_against_dose(result.summary, result.parameters.radius_mm),
+        "nps_curves": figure_curves(result.curves, "nps"),
+        "ttf_curves": figure_curves(result.curves, "ttf"),
+        "accuracy_vs_radius": figure_accuracy_against_radius(result.long),
+    }
+    paths: dict[str, Path] = {}
+    for name, fig in figures.items():
+        if fig is not None:
+            paths.update(_save(fig, out_dir, name))
+            plt.close(fig)
     return paths
 
 
-def plot_accuracy_against_radius(result: ComparisonResult, out_dir: Path) -> dict:
-    """Detection rate and radius bias against radius, per reconstruction, at each dose."""
-    plt = _figure()
-    long = result.long
-    if not long["metric"].isin(["detection_rate"]).any():
-        return {}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    doses = sorted(long["dose_mgy"].unique())
-    styles = ["-", "--", ":", "-.", (0, (1, 1))]
-    for ax, metric in zip(axes, ("detection_rate", "radius_bias_mm"), strict=True):
-        rows = long[long["metric"] == metric].groupby(["recon", "dose_mgy", "radius_mm"])["value"].mean().reset_index()
-        for (recon, dose), group in rows.groupby(["recon", "dose_mgy"]):
-            colour = RECON_COLOURS.get(recon)
-            ax.plot(
-                group["radius_mm"],
-                group["value"],
-                marker=".",
-                color=colour,
-                linestyle=styles[doses.index(dose) % len(styles)],
-                label=f"{recon} {dose:g} mGy",
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("true radius (mm)")
-        ax.set_title(METRIC_LABELS[metric])
-        ax.grid(alpha=0.3)
-    axes[1].axhline(0, color="k", lw=0.8)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    paths = _save(fig, out_dir, "accuracy_vs_radius")
-    plt.close(fig)
-    return paths
+PLOT_CAPTIONS = {
+    "metrics_vs_dose": "Tabulated metrics against CTDIvol (mean ± SD over repetitions).",
+    "nps_curves": "Noise power spectra, mean over repetitions.",
+    "ttf_curves": "Task transfer functions from the thickest vessel's circular edge.",
+    "accuracy_vs_radius": "Detection rate and radius bias against the true vessel radius.",
+}
 
 
-def _embed(path: Path) -> str:
+def _embed(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
+    alt = html.escape(caption)
+    return (
+        f"<figure><img src='data:image/png;base64,{data}' alt='{alt}' style='max-width:100%'>"
+        f"<figcaption>{alt}</figcaption></figure>"
+    )
 
 
 def _table_html(table: pd.DataFrame, index: bool = False) -> str:
     return table.to_html(index=index, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="t")
 
 
+def _significance(result: ComparisonResult, key: str) -> dict[float, float]:
+    """Holm-adjusted p of the reconstructions' difference at each dose, for this table's metric and radius."""
+    differences = result.statistics.get("differences")
+    if differences is None or differences.empty or "p_holm" not in differences.columns:
+        return {}
+    rows = differences[(differences["metric"] == key) & differences["p_holm"].notna()]
+    if metric(key).per_class:
+        rows = rows[np.isclose(rows["radius_mm"].astype(float), result.parameters.radius_mm)]
+    else:
+        rows = rows[rows["radius_mm"].isna()]
+    return {float(r.dose_mgy): float(r.p_holm) for r in rows.itertuples()}
+
+
+def table_with_marks(result: ComparisonResult, key: str, published: pd.DataFrame | None) -> str:
+    """A published-style table as HTML: ours, the published value beside it, and the significance marks.
+
+    A dose column is marked * when the reconstructions differ there (Holm-adjusted p
+    below α); its p is in the last row.
+    """
+    table = result.tables[key]
+    alpha = result.parameters.alpha
+    p_by_dose = _significance(result, key)
+    doses = [float(column.split()[0]) for column in table.columns]
+    head = "".join(
+        f"<th>{html.escape(column)}{'*' if p_by_dose.get(dose, 1.0) < alpha else ''}</th>"
+        for column, dose in zip(table.columns, doses, strict=True)
+    )
+    lines = [f"<table class='t'><thead><tr><th>reconstruction</th>{head}</tr></thead><tbody>"]
+    for recon, row in table.iterrows():
+        cells = []
+        for column, dose in zip(table.columns, doses, strict=True):
+            text = html.escape(str(row[column]))
+            if published is not None:
+                match = published[(published["recon"] == recon) & np.isclose(published["dose_mgy"], dose)]
+                if not match.empty:
+                    entry = metric(key)
+                    text += (
+                        f"<br><span class='pub'>published "
+                        f"{html.escape(entry.format_mean_sd(match['mean'].iloc[0], match['sd'].iloc[0]))}</span>"
+                    )
+            cells.append(f"<td>{text}</td>")
+        lines.append(f"<tr><th>{html.escape(str(recon))}</th>{''.join(cells)}</tr>")
+    if p_by_dose:
+        cells = "".join(f"<td>{p_by_dose[d]:.2g}</td>" if d in p_by_dose else "<td>–</td>" for d in doses)
+        lines.append(f"<tr class='p'><th>p (Holm)</th>{cells}</tr>")
+    lines.append("</tbody></table>")
+    return "".join(lines)
+
+
+def _warnings_html(warnings: pd.DataFrame, factors: list[str]) -> str:
+    """Each (metric, reason) once, with the series it concerns."""
+    if warnings.empty:
+        return ""
+    rows = []
+    for (key, reason), group in warnings.groupby(["metric", "reason"], sort=False):
+        series = [" ".join(str(r[f]) for f in factors) for r in group.to_dict("records")]
+        rows.append(
+            {
+                "metric": metric(key).label,
+                "reason": reason,
+                "series": len(series),
+                "which": ", ".join(series[:6]) + (" …" if len(series) > 6 else ""),
+            }
+        )
+    return (
+        "<h2 id='not-measured'>Not measured</h2><p>These metrics were left out, with the reason "
+        "(also in <a href='warnings.csv'>warnings.csv</a>):</p>" + _table_html(pd.DataFrame(rows))
+    )
+
+
+_SCRIPT = """<script>
+// Marks the page once every image has loaded (read by the headless-browser test).
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images-loaded', loaded + '/' + images.length);
+});
+</script>"""
+
+_STYLE = (
+    "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}"
+    "table.t{border-collapse:collapse;margin:0.5em 0}table.t td,table.t th{border:1px solid #ccc;"
+    "padding:2px 8px;text-align:right;vertical-align:top}.note{background:#fff4d6;padding:0.6em;"
+    "border-left:4px solid #e0a800}.findings{background:#eef6ee;padding:0.6em 0.6em 0.6em 2em;"
+    "border-left:4px solid #3a7d44}.pub{color:#666;font-size:85%}tr.p td,tr.p th{color:#555;font-size:85%}"
+    "figure{margin:1em 0}figcaption{color:#555;font-size:90%}details{margin:1em 0}summary{cursor:pointer;"
+    "font-weight:bold}</style>"
+)
+
+
 def write_report(
     result: ComparisonResult,
     study: pd.DataFrame,
-    parameters: ComparisonParameters,
     plots: dict[str, Path],
     out_dir: Path,
     source: dict,
     virtual: bool,
 ) -> Path:
-    """``report.html``: tables, plots, statistics and provenance (``source``), images embedded."""
-    truth = source["truth"]
+    """``report.html``: key findings, tables, plots, statistics and provenance; images embedded."""
+    parameters = result.parameters
+    factors = result.factors
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>ImagInfo dose comparison</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-        "table.t{border-collapse:collapse;margin:0.5em 0}table.t td,table.t th{border:1px solid #ccc;"
-        "padding:2px 8px;text-align:right}.note{background:#fff4d6;padding:0.6em;border-left:4px solid #e0a800}"
-        "</style></head><body>",
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ImagInfo dose comparison</title>",
+        _STYLE + "</head><body>",
         "<h1>Dose and reconstruction comparison</h1>",
-        f"<p>{len(study)} series: reconstructions {', '.join(sorted(study['recon'].unique()))}; "
+        f"<p>{len(study)} series: reconstructions {html.escape(', '.join(recon_order(study['recon'])))}; "
         f"CTDIvol {', '.join(f'{d:g}' for d in sorted(study['dose_mgy'].unique()))} mGy; "
         f"up to {int(study['repetition'].max())} repetitions. Generated {dt.datetime.now():%Y-%m-%d %H:%M} by "
         f"ImagInfo {html.escape(source['software'].get('imaginfo', ''))}.</p>",
     ]
     if virtual:
         parts.append(f"<p class='note'><b>Virtual study.</b> {html.escape(VIRTUAL_STUDY_NOTE)}</p>")
+    if result.findings:
+        items = "".join(f"<li>{html.escape(sentence)}</li>" for sentence in result.findings)
+        parts.append(f"<h2 id='findings'>Key findings</h2><ul class='findings'>{items}</ul>")
     if not result.failures.empty:
-        parts.append("<h2>Failed series</h2>" + _table_html(result.failures))
+        parts.append(
+            "<h2 id='failed'>Failed series</h2><p>Also in <a href='failures.csv'>failures.csv</a>.</p>"
+            + _table_html(result.failures)
+        )
+    parts.append(_warnings_html(result.warnings, factors))
+    published = published_values() if virtual else None
     parts.append(
-        f"<h2>Tables (mean ± SD over repetitions)</h2><p>MPV and IQR of the r = {parameters.radius_mm:g} mm "
-        "vessels; the other metrics are per image. Noise SD and NPS come from square ROIs in the holder's PMMA, "
-        "the TTF from the thickest vessel's circular edge (AAPM TG-233).</p>"
+        f"<h2 id='tables'>Tables (mean ± SD over repetitions)</h2><p>MPV and IQR of the r = "
+        f"{parameters.radius_mm:g} mm vessels; the other metrics are per image. Noise SD and NPS come from square "
+        "ROIs in a uniform region, the TTF from the thickest vessel's circular edge (AAPM TG-233). A dose marked * "
+        f"is one where the reconstructions differ significantly ({html.escape(parameters.test)} test, "
+        f"Holm-corrected per metric, α = {parameters.alpha:g}); the last row gives p."
+        + (" Grey: the published study's value at the same condition." if virtual else "")
+        + "</p>"
     )
-    for metric, table in result.tables.items():
-        parts.append(f"<h3>{html.escape(METRIC_LABELS.get(metric, metric))}</h3>" + _table_html(table, index=True))
-    parts.append("<h2>Plots</h2>")
-    for name in ("metrics_vs_dose", "nps_curves", "ttf_curves", "accuracy_vs_radius"):
+    for entry in tabulated_metrics():
+        if entry.key not in result.tables:
+            continue
+        reference = None
+        if published is not None and entry.key in PUBLISHED_METRICS:
+            reference = published[published["metric"] == entry.key]
+        parts.append(
+            f"<h3>{html.escape(entry.label)}</h3>"
+            + table_with_marks(result, entry.key, reference)
+            + f"<p class='pub'><a href='table_{entry.key}.csv'>table_{entry.key}.csv</a></p>"
+        )
+    parts.append("<h2 id='plots'>Plots</h2>")
+    for name, caption in PLOT_CAPTIONS.items():
         if f"{name}_png" in plots:
-            parts.append(_embed(plots[f"{name}_png"]))
+            parts.append(_embed(plots[f"{name}_png"], caption))
     stats = result.statistics
+    differences = stats["differences"]
+    if not differences.empty and "p_value" in differences.columns:
+        differences = differences[differences["p_value"].notna()]
     parts.append(
-        f"<h2>Statistics</h2><h3>Do reconstructions differ? ({html.escape(parameters.test)}, Holm-corrected per "
-        f"metric, α = {parameters.alpha:g})</h3>" + _table_html(stats["differences"])
-    )
-    parts.append("<h3>Noise against dose: metric = A · dose<sup>−k</sup></h3>" + _table_html(stats["noise_power_law"]))
-    parts.append(
-        f"<h3>Iso-{html.escape(parameters.iso_metric)} dose: where each reconstruction matches the reference</h3>"
+        "<h2 id='statistics'>Statistics</h2><details><summary>Full statistics (tests, power-law fits, iso-dose)"
+        "</summary>"
+        f"<h3>Do reconstructions differ? ({html.escape(parameters.test)}, Holm-corrected per metric, "
+        f"α = {parameters.alpha:g})</h3>"
+        + (
+            _table_html(differences)
+            if not differences.empty
+            else "<p>No test could run (each needs ≥ 2 repetitions of ≥ 2 reconstructions).</p>"
+        )
+        + "<p><a href='statistics_differences.csv'>statistics_differences.csv</a></p>"
+        + "<h3>Noise against dose: metric = A · dose<sup>−k</sup></h3>"
+        + _table_html(stats["noise_power_law"])
+        + "<p><a href='statistics_noise_power_law.csv'>statistics_noise_power_law.csv</a></p>"
+        + f"<h3>Iso-{html.escape(metric(parameters.iso_metric).title)} dose: where each reconstruction matches "
+        "the reference</h3>"
         + _table_html(stats["iso_dose"])
+        + "<p><a href='statistics_iso_dose.csv'>statistics_iso_dose.csv</a></p></details>"
     )
     inputs = pd.DataFrame(source["inputs"])
     parts.append(
-        "<h2>Provenance</h2><h3>Software</h3>"
+        "<h2 id='provenance'>Provenance</h2><details><summary>Software, parameters and inputs</summary>"
+        "<h3>Software</h3>"
         + _table_html(pd.DataFrame(sorted(source["software"].items()), columns=["package", "version"]))
         + "<h3>Parameters</h3><pre>"
-        + html.escape(pd.Series(source["parameters"]).to_string())
+        + html.escape(json.dumps(source["parameters"], indent=1, default=json_default))
         + "</pre>"
-        + (f"<p>Design (truth): {html.escape(truth)}</p>" if truth else "")
+        + (f"<p>Design (truth): {html.escape(str(source['truth']))}</p>" if source.get("truth") else "")
+        + (f"<p>Noise ROI: {html.escape(str(source['noise_roi']))}</p>" if source.get("noise_roi") else "")
         + "<h3>Inputs</h3>"
         + _table_html(inputs)
+        + "</details>"
     )
-    parts.append("</body></html>")
+    parts.append(_SCRIPT + "</body></html>")
     path = out_dir / "report.html"
-    text = "\n".join(parts)
+    text = "\n".join(p for p in parts if p)
     write_atomically(path, lambda p: p.write_text(text, encoding="utf-8"))
     return path
 
@@ -242,22 +451,41 @@ def write_report(
 def write_comparison_outputs(
     result: ComparisonResult,
     study: pd.DataFrame,
-    parameters: ComparisonParameters,
     out_dir: Path,
-    truth: str | None,
+    truth: str | Path | None,
+    noise_roi: str | Path | None,
     virtual: bool,
 ) -> dict[str, Path]:
-    from ImagInfoExtension.dose.compare import provenance, write_provenance, write_table_files
-
+    """Tables, plots, ``provenance.json`` and ``report.html``; returns every file by name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_table_files(result, out_dir)
-    plots: dict[str, Path] = {}
-    plots.update(plot_metrics_against_dose(result, parameters, out_dir))
-    plots.update(plot_curves(result, "nps", out_dir))
-    plots.update(plot_curves(result, "ttf", out_dir))
-    plots.update(plot_accuracy_against_radius(result, out_dir))
+    plots = write_plots(result, out_dir)
     files.update(plots)
-    source = provenance(study, parameters, truth, result.batch)
-    files["provenance"] = write_provenance(source, out_dir)
-    files["report"] = write_report(result, study, parameters, plots, out_dir, source, virtual)
+    batch = result.batch
+    source = provenance_document(
+        result.parameters.to_dict(),
+        study[["path", "series_uid", *result.factors]].to_dict("records"),
+        factors=result.factors,
+        truth=str(Path(truth).resolve()) if truth else None,
+        noise_roi=str(Path(noise_roi).resolve()) if noise_roi else None,
+        findings=result.findings,
+        batch={
+            "workers": batch.workers,
+            "wall_s": batch.wall_s,
+            "outcomes": [
+                {
+                    "name": o.name,
+                    "status": o.status,
+                    "error": o.error,
+                    "runtime_s": o.runtime_s,
+                    "from_cache": o.from_cache,
+                }
+                for o in batch.outcomes
+            ],
+        },
+    )
+    path = out_dir / "provenance.json"
+    write_atomically(path, lambda p: p.write_text(json.dumps(source, indent=1, default=json_default)))
+    files["provenance"] = path
+    files["report"] = write_report(result, study, plots, out_dir, source, virtual)
     return files

@@ -3,7 +3,6 @@
 from ImagInfoExtension.vessels.quantify import (
     BASE_COLUMNS,
     TRUTH_COLUMNS,
-    QuantificationCancelledError,
     VesselParameters,
     VesselQuantification,
     quantify_vessels,
@@ -23,7 +22,6 @@ from ImagInfoExtension.vessels.truth import (
 __all__ = [
     "BASE_COLUMNS",
     "TRUTH_COLUMNS",
-    "QuantificationCancelledError",
     "VesselParameters",
     "VesselQuantification",
     "VesselTruth",

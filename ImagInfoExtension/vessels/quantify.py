@@ -18,11 +18,11 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy.spatial import cKDTree
 
-from ImagInfoExtension import __version__
 from ImagInfoExtension.geometry import ImageGrid
 from ImagInfoExtension.io import json_default, write_atomically, write_image
 from ImagInfoExtension.phantom.design import DEFAULT_RADII_MM
 from ImagInfoExtension.progress import ProgressCallback
+from ImagInfoExtension.provenance import software_versions
 from ImagInfoExtension.report import radius_class_colours
 from ImagInfoExtension.vessels.centerlines import (
     METHOD_DISTANCE,
@@ -51,10 +51,6 @@ TRUTH_COLUMNS = (
 UNRESOLVED_COLOUR = (0.6, 0.6, 0.6)
 #: Share of the truth's centreline that must fall inside the image.
 MIN_TRUTH_INSIDE = 0.5
-
-
-class QuantificationCancelledError(RuntimeError):
-    """Raised by a progress callback to stop a run; nothing is written."""
 
 
 @dataclass(frozen=True)
@@ -283,20 +279,6 @@ def _check_truth_inside(truth: VesselTruth, grid: ImageGrid) -> float:
     return float(truth.weight_mm[inside].sum() / truth.weight_mm.sum())
 
 
-def software_versions() -> dict[str, str]:
-    import scipy
-    import skimage
-
-    return {
-        "imaginfo": __version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "SimpleITK": sitk.Version_VersionString(),
-        "scikit-image": skimage.__version__,
-        "pandas": pd.__version__,
-    }
-
-
 def quantify_vessels(
     image: sitk.Image,
     truth: VesselTruth | None = None,
@@ -322,7 +304,7 @@ def quantify_vessels(
     parameters : VesselParameters, optional
     progress : callable, optional
         ``progress(done, total, message)``; it may raise
-        :class:`QuantificationCancelledError` to stop the run.
+        :class:`~ImagInfoExtension.progress.Cancelled` to stop the run (nothing is written).
 
     Returns
     -------

@@ -19,22 +19,17 @@ from ImagInfoExtension.bridge.scaffolding import (
     WithinRange,
     optionalPath,
     parameterNodeWrapper,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLSegmentationNode,
     vtkMRMLTableNode,
 )
 from ImagInfoExtension.bridge.scaffolding import tr as _
 
-#: Columns of the editable study table.
+#: Columns of a new study table; a manifest's further factor columns are kept.
 STUDY_TABLE_COLUMNS = ["path", "dose_mgy", "recon", "repetition", "series_uid"]
 
-#: Metrics charted against dose (metric, per radius).
-CHARTED_METRICS = (
-    ("iqr_hu", True),
-    ("mpv_hu", True),
-    ("total_volume_ml", False),
-    ("noise_sd_hu", False),
-    ("ttf50_per_mm", False),
-    ("dprime_npwe", False),
-)
+#: Metrics charted against dose (titles and units come from ImagInfoExtension.metrics).
+CHARTED_METRICS = ("iqr_hu", "mpv_hu", "total_volume_ml", "noise_sd_hu", "ttf50_per_mm", "dprime_npwe")
 
 #: ``imaginfo compare`` flag of each console keyword.
 COMPARE_FLAGS = {
@@ -78,6 +73,7 @@ class ImagInfoDoseComparisonParameterNode:
     manifestFile, dicomFolder - where the study's series come from.
     studyTable - one row per series (path, dose_mgy, recon, repetition, series_uid), editable.
     truthFile - optional phantom design.
+    noiseRoiSegmentation, noiseRoiBox - optional uniform region for noise SD and NPS (else found automatically).
     radiusMm, statisticalTest, referenceRecon - what is tabulated and tested.
     workers, schedulerAddress - where the series are measured (0 workers: one per core).
     outputFolder - report, tables, plots and the per-series cache.
@@ -87,6 +83,8 @@ class ImagInfoDoseComparisonParameterNode:
     dicomFolder: Path
     studyTable: vtkMRMLTableNode
     truthFile: Path
+    noiseRoiSegmentation: vtkMRMLSegmentationNode
+    noiseRoiBox: vtkMRMLMarkupsROINode
     radiusMm: Annotated[float, WithinRange(0.1, 20.0)] = 3.0
     statisticalTest: Annotated[str, Choice(["welch", "kruskal"])] = "welch"
     referenceRecon: str = "FBP"
@@ -190,10 +188,12 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         """A study table (pandas) from a manifest CSV or a DICOM folder; also the series left out."""
         import pandas as pd
 
-        from ImagInfoExtension.dose.study import read_manifest
+        from ImagInfoExtension.study.table import DOSE_FACTORS, read_manifest
 
         if manifest:
-            return read_manifest(manifest), pd.DataFrame(columns=["path", "series_uid", "series_description", "reason"])
+            return read_manifest(manifest, DOSE_FACTORS), pd.DataFrame(
+                columns=["path", "series_uid", "series_description", "reason"]
+            )
         if dicomFolder:
             return self.runJob(self.startGrouping(dicomFolder, rules))
         raise ValueError("give a manifest CSV or a DICOM folder, or add volumes from the scene")
@@ -202,7 +202,8 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         """Start ``imaginfo study`` on a DICOM folder; its result is ``(study, leftOut)``."""
         import pandas as pd
 
-        from ImagInfoExtension.dose.study import left_out_path, rules_to_json, validate_study
+        from ImagInfoExtension.study.dicom import rules_to_json
+        from ImagInfoExtension.study.table import DOSE_FACTORS, left_out_path, validate_study
 
         folder = self.newWorkFolder()
         out = folder / "study.csv"
@@ -213,7 +214,8 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
 
         def read():
             study = pd.read_csv(out, dtype={"series_uid": str}, keep_default_na=False)
-            return validate_study(study), pd.read_csv(left_out_path(out), dtype=str, keep_default_na=False)
+            left_out = pd.read_csv(left_out_path(out), dtype=str, keep_default_na=False)
+            return validate_study(study, DOSE_FACTORS, str(dicomFolder)), left_out
 
         return self.startChildJob("study", arguments, readResult=read, workDir=folder)
 
@@ -224,29 +226,23 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         return study_from_database(seriesUIDs, rules)
 
     def studyTableNode(self, study, tableNode=None):
-        """Show a study in an editable table node (reused on the next grouping)."""
+        """Show a study in an editable table node (reused on the next grouping): the path, the factors, the UID."""
         from ImagInfoExtension.bridge.tables import table_node_from_dataframe
+        from ImagInfoExtension.study.table import study_factors
 
+        columns = ["path", *study_factors(study), "series_uid"]
         with self.outputNodes() as outputs:
             node = outputs.node("study", "vtkMRMLTableNode", "Dose study", tableNode)
-            return table_node_from_dataframe(
-                study[STUDY_TABLE_COLUMNS].astype({"series_uid": str}), self.scene, "", node
-            )
+            return table_node_from_dataframe(study[columns].astype({"series_uid": str}), self.scene, "", node)
 
     def studyFromTableNode(self, tableNode):
         """The (possibly edited) study table as pandas, validated."""
         from ImagInfoExtension.bridge.tables import dataframe_from_table_node
-        from ImagInfoExtension.dose.study import validate_study
+        from ImagInfoExtension.study.table import DOSE_FACTORS, validate_study
 
         if tableNode is None or tableNode.GetNumberOfRows() == 0:
             raise ValueError("the study table is empty: group a manifest or DICOM folder, or add the scene's volumes")
-        frame = dataframe_from_table_node(tableNode)
-        missing = [c for c in ("path", "dose_mgy", "recon", "repetition") if c not in frame.columns]
-        if missing:
-            raise ValueError(f"the study table lacks the column(s) {', '.join(missing)}")
-        if "series_uid" not in frame.columns:
-            frame["series_uid"] = ""
-        return validate_study(frame)
+        return validate_study(dataframe_from_table_node(tableNode), DOSE_FACTORS, "the study table")
 
     def sceneVolumes(self):
         nodes = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
@@ -286,10 +282,12 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         folder = optionalPath(parameterNode.outputFolder)
         if folder is None:
             raise ValueError("choose an output folder")
+        study = self.studyFromTableNode(parameterNode.studyTable)
         return {
-            "study": self.studyFromTableNode(parameterNode.studyTable),
+            "study": study,
             "outputFolder": folder,
             "truth": optionalPath(parameterNode.truthFile),
+            "noiseRoi": self.noiseRoiFile(study, folder, parameterNode.noiseRoiSegmentation, parameterNode.noiseRoiBox),
             "workers": parameterNode.workers or None,
             "scheduler": parameterNode.schedulerAddress or None,
             "radius_mm": parameterNode.radiusMm,
@@ -297,13 +295,57 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
             "reference_recon": parameterNode.referenceRecon or "FBP",
         }
 
-    def startComparison(self, study, outputFolder, truth=None, workers=None, scheduler=None, **parameters):
+    def noiseRoiFile(self, study, outputFolder, segmentationNode=None, roiNode=None):
+        """The user's uniform region as ``outputFolder/noise_roi.nrrd`` (None when neither node is given).
+
+        A segmentation's segments, or the inside of a markups ROI (any orientation), are
+        rasterised on the first series' grid; ``imaginfo compare --noise-roi`` resamples
+        the mask onto each series.
+        """
+        if segmentationNode is None and roiNode is None:
+            return None
+        import numpy as np
+
+        from ImagInfoExtension.geometry import ImageGrid
+        from ImagInfoExtension.io import read_dicom_series, read_image, write_atomically, write_image
+
+        first = study.iloc[0]
+        path = Path(first["path"])
+        reference = read_dicom_series(path, first["series_uid"]) if path.is_dir() else read_image(path)
+        grid = ImageGrid.from_sitk(reference)
+        if segmentationNode is not None:
+            import SimpleITK as sitk
+
+            from ImagInfoExtension.bridge.segmentations import label_map_from_segmentation_node
+
+            labels = label_map_from_segmentation_node(segmentationNode, reference).image
+            mask = sitk.GetArrayFromImage(labels) > 0
+            what = _("the noise ROI segmentation {name}").format(name=segmentationNode.GetName())
+        else:
+            from ImagInfoExtension.bridge.markups import mask_from_roi_node
+
+            mask = mask_from_roi_node(roiNode, grid)
+            what = _("the noise ROI box {name}").format(name=roiNode.GetName())
+        if not mask.any():
+            raise ValueError(
+                _("{what} covers no voxel of the first series; place it on a uniform region of the scans").format(
+                    what=what
+                )
+            )
+        target = Path(outputFolder) / "noise_roi.nrrd"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, lambda p: write_image(grid.to_sitk(mask.astype(np.uint8)), p))
+        return target
+
+    def startComparison(
+        self, study, outputFolder, truth=None, workers=None, scheduler=None, noiseRoi=None, **parameters
+    ):
         """Write the study table and start ``imaginfo compare``; returns the running job (see :meth:`compare`)."""
         import json
         from dataclasses import asdict
 
-        from ImagInfoExtension.dose.compare import EXIT_SOME_SERIES_FAILED, read_comparison
-        from ImagInfoExtension.dose.measure import ComparisonParameters
+        from ImagInfoExtension.dose.compare import EXIT_SOME_SERIES_FAILED
+        from ImagInfoExtension.dose.results import ComparisonParameters, read_comparison
         from ImagInfoExtension.io import write_atomically
 
         if hasattr(study, "IsA"):
@@ -317,6 +359,8 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         arguments = ["--manifest", str(manifest), "--out", str(out), "--parameters", str(settingsFile)]
         if truth:
             arguments += ["--truth", str(Path(truth).resolve())]
+        if noiseRoi:
+            arguments += ["--noise-roi", str(Path(noiseRoi).resolve())]
         if workers is not None:
             arguments += ["--workers", str(int(workers))]
         if scheduler:
@@ -329,7 +373,9 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
             successCodes=(0, EXIT_SOME_SERIES_FAILED),
         )
 
-    def compare(self, study, outputFolder, truth=None, workers=None, scheduler=None, wait=True, **parameters):
+    def compare(
+        self, study, outputFolder, truth=None, workers=None, scheduler=None, noiseRoi=None, wait=True, **parameters
+    ):
         """Run the comparison as a child process.
 
         Parameters
@@ -342,6 +388,9 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
             re-run, or a run after Cancel, skips finished series).
         truth : str or Path, optional
             The phantom design (truth.json).
+        noiseRoi : str or Path, optional
+            A label map or mask of a uniform region for noise SD and NPS (see
+            :meth:`noiseRoiFile` for a segmentation or markups ROI); found automatically by default.
         workers : int, optional
             Local worker processes (default one per core; 0: one series after the other).
         scheduler : str, optional
@@ -349,14 +398,15 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         wait : bool
             True: block (the GUI repaints) and return the result; False: return the job.
         **parameters
-            Fields of ``ImagInfoExtension.dose.measure.ComparisonParameters``
+            Fields of ``ImagInfoExtension.dose.results.ComparisonParameters``
             (``radius_mm``, ``test``, ``reference_recon``, ``reference_dose_mgy``, ...).
 
         Returns
         -------
-        ImagInfoExtension.dose.compare.ComparisonResult
+        ImagInfoExtension.dose.results.ComparisonResult
         """
-        return self.runJob(self.startComparison(study, outputFolder, truth, workers, scheduler, **parameters), wait)
+        job = self.startComparison(study, outputFolder, truth, workers, scheduler, noiseRoi, **parameters)
+        return self.runJob(job, wait)
 
     def startJob(self, parameterNode):
         return self.startComparison(**self.inputsFromParameterNode(parameterNode))
@@ -365,9 +415,14 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         result = job.result()
         nodes = self.createOutputNodes(result)
         self.showTableAndPlot(nodes["tables"].get("iqr_hu"), next(iter(nodes["charts"].values()), None))
-        return _("{ok} series measured, {failed} failed. Report: {report}").format(
+        status = _("{ok} series measured, {failed} failed. Report: {report}").format(
             ok=len(result.batch.succeeded), failed=len(result.failures), report=result.files["report"]
         )
+        if not result.warnings.empty:
+            status += " " + _("Not measured: {metrics} (reasons in warnings.csv and the report).").format(
+                metrics=", ".join(sorted(result.warnings["metric"].unique()))
+            )
+        return status
 
     # Outputs ------------------------------------------------------------------------
 
@@ -378,33 +433,37 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         """
         from ImagInfoExtension.bridge.tables import chart_node_from_table, table_node_from_dataframe
         from ImagInfoExtension.dose.analysis import rows_at_radius
+        from ImagInfoExtension.metrics import metric
 
         scene = self.scene
         nodes = {"tables": {}, "charts": {}}
         radius = result.parameters.radius_mm
         frames = {f"Dose table {metric}": (metric, table.reset_index()) for metric, table in result.tables.items()}
-        for name, frame in (("iq_metrics", result.iq), *result.statistics.items()):
-            frames[f"Dose {name}"] = (name, frame)
+        for name, frame in (("iq_metrics", result.iq), ("warnings", result.warnings), *result.statistics.items()):
+            if name != "warnings" or not frame.empty:
+                frames[f"Dose {name}"] = (name, frame)
         with self.outputNodes() as outputs:
             for title, (key, frame) in frames.items():
                 node = outputs.node(f"table:{key}", "vtkMRMLTableNode", title)
                 nodes["tables"][key] = table_node_from_dataframe(frame, scene, title, node)
-            for metric, perRadius in CHARTED_METRICS:
-                rows = rows_at_radius(result.summary, metric, radius if perRadius else None)
+            for key in CHARTED_METRICS:
+                entry = metric(key)
+                rows = rows_at_radius(result.summary, key, radius if entry.per_class else None)
                 if rows.empty:
                     continue
                 wide = rows.pivot(index="dose_mgy", columns="recon", values="mean").reset_index()
-                data = outputs.node(f"chart data:{metric}", "vtkMRMLTableNode", f"Dose chart data {metric}")
+                data = outputs.node(f"chart data:{key}", "vtkMRMLTableNode", f"Dose chart data {key}")
                 table_node_from_dataframe(wide, scene, "", data)
-                chart = outputs.node(f"chart:{metric}", "vtkMRMLPlotChartNode", metric)
-                nodes["charts"][metric] = chart_node_from_table(
+                title = f"{entry.title}, r = {radius:g} mm" if entry.per_class else entry.title
+                chart = outputs.node(f"chart:{key}", "vtkMRMLPlotChartNode", title)
+                nodes["charts"][key] = chart_node_from_table(
                     data,
                     scene,
                     "dose_mgy",
                     [c for c in wide.columns if c != "dose_mgy"],
-                    metric,
+                    title,
                     "CTDIvol (mGy)",
-                    metric,
+                    entry.label,
                     log_x=True,
                     node=chart,
                 )

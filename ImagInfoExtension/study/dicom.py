@@ -1,10 +1,10 @@
-"""A dose study: which series was scanned at which CTDIvol, reconstruction and repetition.
+"""Grouping DICOM series into a dose study, from a folder or from Slicer's DICOM database.
 
-A study is a table with one row per series and the columns of
-:data:`STUDY_COLUMNS`. It comes from a manifest CSV (the phantom writes one) or from
-DICOM headers, grouped by CTDIvol (0018,9345) and by reconstruction rules: regular
-expressions over ConvolutionKernel (0018,1210), ReconstructionAlgorithm (0018,9315)
-in the CT Reconstruction Sequence, Manufacturer and SeriesDescription.
+Series are grouped by CTDIvol (0018,9345) and by reconstruction rules: regular
+expressions over ConvolutionKernel (0018,1210), ReconstructionAlgorithm (0018,9315) in
+the CT Reconstruction Sequence, Manufacturer and SeriesDescription. The result is a
+study table (:mod:`ImagInfoExtension.study.table`) with the factors ``recon``,
+``dose_mgy`` and ``repetition``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ImagInfoExtension.progress import ProgressCallback
-
-#: One row per series.
-STUDY_COLUMNS = ["path", "dose_mgy", "recon", "repetition", "series_uid"]
+from ImagInfoExtension.study.table import DOSE_FACTORS, number_repetitions, validate_study
 
 #: DICOM attributes the reconstruction rules may test.
 RULE_FIELDS = ("convolution_kernel", "reconstruction_algorithm", "manufacturer", "series_description")
@@ -95,57 +92,6 @@ def classify_reconstruction(attributes: dict[str, str], rules: Sequence[Reconstr
         if rule.matches(attributes):
             return rule.recon
     return None
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """A study from a CSV with columns ``path,dose_mgy,recon,repetition``.
-
-    Relative paths are taken relative to the CSV's folder. ``series_uid`` is optional.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist; give a manifest CSV with columns path,dose_mgy,recon,repetition"
-        )
-    table = pd.read_csv(path)
-    missing = [c for c in ("path", "dose_mgy", "recon", "repetition") if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{path} lacks the column(s) {', '.join(missing)}; a manifest needs path,dose_mgy,recon,repetition"
-        )
-    table = table.copy()
-    table["path"] = [str(p) if Path(str(p)).is_absolute() else str(path.parent / str(p)) for p in table["path"]]
-    if "series_uid" not in table.columns:
-        table["series_uid"] = ""
-    table["series_uid"] = [str(uid) if pd.notna(uid) else "" for uid in table["series_uid"]]
-    return validate_study(table)
-
-
-def validate_study(table: pd.DataFrame) -> pd.DataFrame:
-    """Check a study table and put it in canonical order; the error names the bad row."""
-    table = table.copy()
-    for column in ("dose_mgy", "repetition"):
-        values = pd.to_numeric(table[column], errors="coerce")
-        bad = table.index[values.isna()]
-        if len(bad):
-            raise ValueError(f"row {bad[0] + 1}: {column} {table.loc[bad[0], column]!r} is not a number")
-        table[column] = values
-    if (table["dose_mgy"] <= 0).any():
-        row = int(np.flatnonzero(table["dose_mgy"] <= 0)[0])
-        raise ValueError(f"row {row + 1}: dose_mgy must be a positive CTDIvol in mGy")
-    table["repetition"] = table["repetition"].astype(int)
-    table["recon"] = table["recon"].astype(str)
-    duplicated = table.duplicated(["dose_mgy", "recon", "repetition"], keep=False)
-    if duplicated.any():
-        first = table[duplicated].iloc[0]
-        raise ValueError(
-            f"two series share recon {first.recon}, {first.dose_mgy:g} mGy, repetition {first.repetition}; "
-            "number the repetitions apart"
-        )
-    if len(table) == 0:
-        raise ValueError("the study has no series")
-    extra = [c for c in table.columns if c not in STUDY_COLUMNS]
-    return table[STUDY_COLUMNS + extra].sort_values(["recon", "dose_mgy", "repetition"]).reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -237,7 +183,7 @@ def study_from_series(
     Returns
     -------
     study : DataFrame
-        :data:`STUDY_COLUMNS` plus the DICOM attributes used.
+        A study table (factors ``recon``, ``dose_mgy``, ``repetition``) with the DICOM attributes used.
     unmatched : DataFrame
         Series left out, with the reason (no CTDIvol, or no rule matched).
     """
@@ -264,8 +210,8 @@ def study_from_series(
             + "; ".join(sorted({u["reason"] for u in unmatched}) or ["no CT series found"])
             + "); check the input or edit the reconstruction rules"
         )
-    study = number_repetitions(pd.DataFrame(rows), ("acquisition_time", "series_number"))
-    return validate_study(study), unmatched_table
+    study = number_repetitions(pd.DataFrame(rows), ("acquisition_time", "series_number"), ("recon", "dose_mgy"))
+    return validate_study(study, DOSE_FACTORS, source), unmatched_table
 
 
 def study_from_dicom(
@@ -273,16 +219,3 @@ def study_from_dicom(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Group the CT series under ``folder`` into a study (see :func:`study_from_series`)."""
     return study_from_series(scan_dicom_folder(folder, progress), rules, str(folder))
-
-
-def left_out_path(study_csv: str | Path) -> Path:
-    """Where ``imaginfo study`` writes the series it left out: ``<study>_left_out.csv`` beside the study."""
-    study_csv = Path(study_csv)
-    return study_csv.with_name(f"{study_csv.stem}_left_out.csv")
-
-
-def number_repetitions(series: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
-    """Number the series of each (reconstruction, dose) 1, 2, ... in the given column order."""
-    study = series.sort_values(["recon", "dose_mgy", *order])
-    study["repetition"] = study.groupby(["recon", "dose_mgy"]).cumcount() + 1
-    return study
