@@ -51,7 +51,10 @@ class StudyRun:
 def measure_series(payload: dict, parameters: dict) -> dict:
     """The batch job: read one series and run the plugins on it, in order.
 
-    ``parameters``: ``{"plugins": [[spec, settings], ...]}``.
+    ``parameters``: ``{"plugins": [[spec, settings], ...]}``. A plugin that raises
+    leaves each of its metrics out with the error as the reason, and the next plugin
+    goes on (a user's phantom may have no vessels, yet its noise can be measured); the
+    series fails only when it cannot be read or every plugin failed.
     """
     from ImagInfoExtension.io import read_dicom_series, read_image
 
@@ -62,13 +65,22 @@ def measure_series(payload: dict, parameters: dict) -> dict:
         image = read_image(path)
     series = SeriesContext(image, payload)
     result = {"rows": [], "warnings": [], "records": {}}
+    errors = []
     for spec, settings in parameters["plugins"]:
         plugin = load_plugin(spec)
-        measurement = plugin.measure(series, settings)
+        try:
+            measurement = plugin.measure(series, settings)
+        except Exception as error:  # noqa: BLE001 - one plugin's failure must not hide the others' metrics
+            reason = f"the {plugin.name} plugin failed: {type(error).__name__}: {error}"
+            errors.append(reason)
+            result["warnings"] += [{"metric": key, "reason": reason, "plugin": plugin.name} for key in plugin.metrics]
+            continue
         series.earlier[plugin.name] = measurement
         result["rows"] += measurement.rows
         result["warnings"] += [{**warning, "plugin": plugin.name} for warning in measurement.warnings]
         result["records"][plugin.name] = measurement.record
+    if len(errors) == len(parameters["plugins"]):
+        raise RuntimeError("; ".join(errors))
     return result
 
 

@@ -130,9 +130,8 @@ def validate_study(
         values = pd.to_numeric(table[column], errors="coerce")
         bad = table.index[values.isna() | (values <= 0)]
         if len(bad):
-            raise ValueError(
-                f"row {bad[0] + 1}: {column} {_shown(table.loc[bad[0], column])} is not a positive number (CTDIvol in mGy)"
-            )
+            shown = _shown(table.loc[bad[0], column])
+            raise ValueError(f"row {bad[0] + 1}: {column} {shown} is not a positive number (CTDIvol in mGy)")
         table[column] = values.astype(float)
     if "recon" in table.columns:
         table["recon"] = table["recon"].astype(str)
