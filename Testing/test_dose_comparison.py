@@ -247,10 +247,93 @@ def test_demo_writes_the_contract(demo):
     report = (comparison / "report.html").read_text()
     assert "reconstructions are modelled noise and blur" in report and "not the vendors" in report
     assert report.count("data:image/png;base64") == 4 and "Holm" in report and "series_uid" in report
+    assert not (comparison / "warnings.csv").exists(), "every metric is measured on our phantom"
     from ImagInfoExtension import bridge
 
     scene = bridge.load_scene_bundle(out / "phantom_study.mrb")
     assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 15
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next(
+        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+    )
+
+
+def test_report_reads_well_in_a_real_browser(demo):
+    """Headless Chromium loads the report: every image decodes, every link points at a file, nothing is blank."""
+    import html.parser
+    import re
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium here (apt-get install chromium)")
+    out, _ = demo
+    report = out / "comparison" / "report.html"
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert 'data-images-loaded="4/4"' in dom, "every plot decodes in the browser"
+
+    class Links(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.links, self.headings = [], []
+
+        def handle_starttag(self, tag, attributes):
+            if tag == "a":
+                self.links.append(dict(attributes)["href"])
+
+    parser = Links()
+    parser.feed(dom)
+    assert len(parser.links) >= 10
+    for link in parser.links:
+        assert (report.parent / link).is_file(), f"the report links {link}, which is missing"
+    text = re.sub(r"<[^>]+>", " ", dom)
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE), "no NaN shown"
+    for heading in ("Key findings", "Tables", "Plots", "Statistics", "Provenance"):
+        assert f">{heading}<" in dom or f"{heading} (" in dom, heading
+    # Published values beside ours in the three published tables, and significance marks.
+    assert dom.count("published ") >= 3 * 15
+    assert re.search(r"<th>\d[\d.]* mGy\*</th>", dom), "some dose column is marked significant"
+    assert "<details>" in dom and "statistics_differences.csv" in dom
+
+
+def test_key_findings_are_computed_from_the_results(demo):
+    out, _ = demo
+    comparison = out / "comparison"
+    provenance = json.loads((comparison / "provenance.json").read_text())
+    findings = provenance["findings"]
+    iso = pd.read_csv(comparison / "statistics_iso_dose.csv").set_index("recon")
+    for recon in ("IR", "DL"):
+        saving = round(100 * (1 - iso.loc[recon, "dose_fraction"]))
+        sentence = next(f for f in findings if f.startswith(f"{recon} matches the noise SD of FBP at 4 mGy"))
+        assert f"{abs(saving)}% {'less' if saving >= 0 else 'more'} dose" in sentence
+    assert any("Against the published study" in f for f in findings)
+    assert any(f.startswith("Noise SD falls with dose as FBP dose^−") for f in findings)
+    report = (comparison / "report.html").read_text()
+    assert all(html_escape(f) in report for f in findings)
+    assert provenance["software"]["torch"] not in ("", None) and "monai" in provenance["software"]
+    assert provenance["factors"] == ["recon", "dose_mgy", "repetition"]
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
 
 
 def test_virtual_study_iqr_trends(demo):

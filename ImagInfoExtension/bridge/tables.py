@@ -156,7 +156,8 @@ def chart_node_from_table(
     series_nodes = []
     for column in y_columns:
         series = slicer.vtkMRMLPlotSeriesNode()
-        series.SetName(column)
+        known = registered().get(column)
+        series.SetName(known.title if known is not None else column)
         series.SetXColumnName(x_column)
         series.SetYColumnName(column)
         series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)

@@ -386,6 +386,7 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
         from ImagInfoExtension.bridge.markups import model_node_from_centerlines
         from ImagInfoExtension.bridge.segmentations import SegmentDescription, segmentation_node_from_label_map
         from ImagInfoExtension.bridge.tables import chart_node_from_table, table_node_from_dataframe
+        from ImagInfoExtension.metrics import metric
 
         scene = self.scene
         name = volumeNode.GetName() if volumeNode is not None else "vessels"
@@ -424,8 +425,8 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
                 "radius_mm",
                 ["mpv_hu", "iqr_hu"],
                 f"{name} MPV and IQR",
-                "radius (mm)",
-                "HU",
+                "radius ({unit})".format(unit=metric("est_radius_mm").unit),
+                metric("mpv_hu").unit,
                 node=outputs.node("chart", "vtkMRMLPlotChartNode", f"{name} MPV and IQR"),
             )
         return {"segmentation": segmentation, "centerlines": model, "table": table, "chart": chart}
