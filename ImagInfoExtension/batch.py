@@ -5,11 +5,11 @@ cluster: a local one with one single-threaded worker process per core by default
 an existing one given by its scheduler address (that is how a study scales past one
 machine). Each worker's SimpleITK, BLAS (numpy, scipy) and torch threads are capped so
 that the workers share the cores instead of oversubscribing them. Each case's outcome
-is written atomically to ``cache_dir`` as soon as it finishes, under a key made of the case's input identity and a hash of the
-parameters; a later run with the same inputs and parameters reads it back instead of
-computing it again, so an interrupted run (crash, Ctrl-C, Cancel) loses nothing that
-had finished. A failing case is recorded with its error and the others go on; failed
-cases are retried by the next run.
+is written atomically to ``cache_dir`` as soon as it finishes, under a key made of the
+case's input identity and a hash of the parameters; a later run with the same inputs
+and parameters reads it back instead of computing it again, so an interrupted run
+(crash, Ctrl-C, Cancel) loses nothing that had finished. A failing case is recorded
+with its error and the others go on; failed cases are retried by the next run.
 
 Cancelling follows :class:`ImagInfoExtension.progress.Cancelled`: the progress
 callback raises it (or Ctrl-C / SIGTERM raise :class:`KeyboardInterrupt`); the batch

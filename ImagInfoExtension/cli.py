@@ -348,8 +348,8 @@ def comparison_settings_file(path: Path) -> dict:
 
 def print_comparison(result) -> None:
     """The terminal summary of a comparison: its findings, three tables, and what failed or was left out."""
-    from ImagInfoExtension.dose.compare import failure_label
     from ImagInfoExtension.metrics import metric
+    from ImagInfoExtension.study.table import series_label
 
     radius = result.parameters.radius_mm
     if result.findings:
@@ -367,7 +367,7 @@ def print_comparison(result) -> None:
         f"{len(batch.failed)} failed; {batch.wall_s:.1f} s on {batch.workers or 1} worker(s)"
     )
     for failure in result.failures.to_dict("records"):
-        print(f"FAILED {failure_label(failure, result.factors)}: {failure['error']}")
+        print(f"FAILED {series_label(failure, result.factors)}: {failure['error']}")
     if not result.warnings.empty:
         counts = result.warnings.groupby(["metric", "reason"], sort=False).size()
         for (key, reason), count in counts.items():

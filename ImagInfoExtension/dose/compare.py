@@ -27,7 +27,7 @@ from ImagInfoExtension.dose.results import ComparisonParameters, ComparisonResul
 from ImagInfoExtension.metrics import tabulated_metrics
 from ImagInfoExtension.progress import ProgressCallback
 from ImagInfoExtension.study.runner import run_study
-from ImagInfoExtension.study.table import DOSE_FACTORS, REPETITION, condition_factors, validate_study
+from ImagInfoExtension.study.table import DOSE_FACTORS, condition_factors, validate_study
 
 #: The measurement plugins of a dose comparison, in run order (image quality uses the vessels).
 DOSE_PLUGINS = ("vessels", "image_quality")
@@ -156,17 +156,3 @@ def compare_study(
     result.findings = key_findings(result, virtual)
     result.files = write_comparison_outputs(result, study, out_dir, truth, noise_roi, virtual)
     return result
-
-
-def failure_label(failure: dict, factors: list[str]) -> str:
-    """``FBP 1 mGy rep 2``: a failed series named by its factors."""
-    parts = []
-    for factor in factors:
-        value = failure[factor]
-        if factor == "dose_mgy":
-            parts.append(f"{float(value):g} mGy")
-        elif factor == REPETITION:
-            parts.append(f"rep {int(value)}")
-        else:
-            parts.append(str(value))
-    return " ".join(parts)

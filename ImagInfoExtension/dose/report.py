@@ -24,6 +24,7 @@ from ImagInfoExtension.dose.results import ComparisonResult, write_table_files
 from ImagInfoExtension.io import json_default, write_atomically
 from ImagInfoExtension.metrics import metric, tabulated_metrics
 from ImagInfoExtension.provenance import provenance_document
+from ImagInfoExtension.study.table import series_label
 
 VIRTUAL_STUDY_NOTE = (
     "These images come from ImagInfo's digital replica of the vessel phantom. Their reconstructions are "
@@ -313,7 +314,7 @@ def _warnings_html(warnings: pd.DataFrame, factors: list[str]) -> str:
         return ""
     rows = []
     for (key, reason), group in warnings.groupby(["metric", "reason"], sort=False):
-        series = [" ".join(str(r[f]) for f in factors) for r in group.to_dict("records")]
+        series = [series_label(r, factors) for r in group.to_dict("records")]
         rows.append(
             {
                 "metric": metric(key).label,

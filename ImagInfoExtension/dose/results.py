@@ -22,16 +22,12 @@ class ComparisonParameters:
     Parameters
     ----------
     radius_mm : float
-        The vessel radius tabulated (MPV, IQR), CNR's vessel class and the d′ task's radius.
+        The vessel radius tabulated (MPV, IQR); also the image-quality plugin's ``radius_mm``.
     vessels : dict
-        :class:`~ImagInfoExtension.vessels.quantify.VesselParameters` fields.
-    wall_edge_margin_mm : float
-        Noise ROIs keep this far from edges (3 mm: closer, the edges' blur and ringing
-        add low-frequency power to the NPS).
-    max_roi_px : int
-        Largest NPS ROI side (TG-233: up to 64).
-    observer : dict
-        :class:`~ImagInfoExtension.imagequality.ObserverParameters` fields.
+        The vessel plugin's settings (:class:`~ImagInfoExtension.vessels.quantify.VesselParameters` fields).
+    wall_edge_margin_mm, max_roi_px, observer
+        The image-quality plugin's settings
+        (:class:`~ImagInfoExtension.study.measurements.ImageQualityPlugin`).
     reference_recon : str
         The reconstruction others are compared with (iso-metric dose).
     reference_dose_mgy : float, optional

@@ -156,18 +156,23 @@ def validate_study(
     return table[ordered].sort_values(factors).reset_index(drop=True)
 
 
+def _factor_text(factor: str, value: object, compact: bool) -> str:
+    if factor == "dose_mgy":
+        return f"{float(value):g}{'' if compact else ' '}mGy"
+    if factor == REPETITION:
+        return f"rep{'' if compact else ' '}{int(value)}"
+    return str(value)
+
+
+def series_label(row: dict | pd.Series, factors: Sequence[str]) -> str:
+    """A series named by its factors for people: ``FBP 1 mGy rep 2``."""
+    return " ".join(_factor_text(factor, row[factor], compact=False) for factor in factors)
+
+
 def series_name(row: dict | pd.Series, factors: Sequence[str]) -> str:
-    """A readable, unique name of a series from its factors (``FBP_1mGy_rep2``), safe in file names."""
-    parts = []
-    for factor in factors:
-        value = row[factor]
-        if factor == "dose_mgy":
-            parts.append(f"{float(value):g}mGy")
-        elif factor == REPETITION:
-            parts.append(f"rep{int(value)}")
-        else:
-            parts.append(str(value))
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in "_".join(parts))
+    """A unique name of a series from its factors (``FBP_1mGy_rep2``), safe in file names."""
+    text = "_".join(_factor_text(factor, row[factor], compact=True) for factor in factors)
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
 def number_repetitions(series: pd.DataFrame, order: Sequence[str], factors: Sequence[str]) -> pd.DataFrame:
