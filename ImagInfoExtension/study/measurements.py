@@ -139,9 +139,9 @@ class ImageQualityPlugin:
         curves: dict = {}
         nps = None
         noise_sd = float("nan")
-        uniform, source = noise_region(series, spacing, settings)
-        details["noise_roi_source"] = source
         try:
+            uniform, source = noise_region(series, spacing, settings)
+            details["noise_roi_source"] = source
             if uniform is None or not uniform.any():
                 raise ValueError(
                     "no uniform region found (flat, stable-noise areas away from edges and clipped air); "
@@ -155,7 +155,7 @@ class ImageQualityPlugin:
             measurement.add("nps_favg_per_mm", nps.average_frequency_per_mm)
             details.update(nps_roi_px=rois.size_px, nps_rois=len(rois))
             curves["nps"] = {"frequency_per_mm": nps.frequency_per_mm.tolist(), "value": nps.nps_hu2_mm2.tolist()}
-        except ValueError as error:
+        except (ValueError, OSError) as error:
             for key in ("noise_sd_hu", "nps_fpeak_per_mm", "nps_favg_per_mm"):
                 measurement.warn(key, f"noise ROI: {error}")
         vessels = series.earlier.get("vessels")
@@ -208,28 +208,31 @@ class ImageQualityPlugin:
 def noise_region(series: SeriesContext, spacing_kji: np.ndarray, settings: dict) -> tuple[np.ndarray | None, str]:
     """The uniform region of the noise ROIs, and where it came from.
 
-    The user's mask wins; then the holder's PMMA of our phantom (its solid wall is the
-    calibrated place); then uniform regions found automatically in any scan.
+    The user's mask wins. On our phantom (the vessel plugin found its holder's cavity)
+    the holder's solid PMMA wall is the calibrated place. Anywhere else, uniform
+    regions are found automatically
+    (:func:`~ImagInfoExtension.imagequality.find_uniform_regions`): the holder test
+    alone would take any bright block with dark inserts for a wall.
     """
-    from ImagInfoExtension.imagequality import place_square_rois
+    from ImagInfoExtension.imagequality import find_uniform_regions, place_square_rois, read_noise_roi
     from ImagInfoExtension.vessels.region import find_holder_wall
 
     array = sitk.GetArrayViewFromImage(series.image)
     user = series.payload.get("noise_roi")
     if user:
-        from ImagInfoExtension.imagequality import read_noise_roi
-
         return read_noise_roi(Path(user), series.image), f"user ({Path(user).name})"
-    wall = find_holder_wall(array, spacing_kji, settings["wall_edge_margin_mm"])
-    if wall is not None and wall.any():
+    vessels = series.earlier.get("vessels")
+    on_our_phantom = vessels is not None and vessels.record.get("region", {}).get("source") == "holder cavity"
+    if on_our_phantom:
+        wall = find_holder_wall(array, spacing_kji, settings["wall_edge_margin_mm"])
         try:
             place_square_rois(wall, max_size_px=settings["max_roi_px"])
             return wall, "holder wall"
         except ValueError:
-            pass  # not our phantom's holder, or too little of it: look anywhere
-    from ImagInfoExtension.imagequality import find_uniform_regions
-
-    return find_uniform_regions(array, spacing_kji, margin_mm=settings["wall_edge_margin_mm"]), "automatic"
+            pass  # too little of the wall in this scan: look anywhere
+    # Its margin counts from the detected edge band, whose own width already keeps the
+    # default 1.5 mm about 3.3 mm from an air boundary (the holder wall's 3 mm).
+    return find_uniform_regions(array, spacing_kji), "automatic"
 
 
 def _row_at(vessels, radius_mm: float) -> dict | None:

@@ -358,6 +358,11 @@ def quantify_vessels(
     else:
         found = find_holder_cavity(array, spacing, parameters.wall_margin_mm)
         region, region_source = found.mask, found.source
+        if not region.any():
+            raise ValueError(
+                "no measurement region: the holder's cavity is empty once its wall margin is removed "
+                "(is this the vessel phantom?); give a mask (--mask) around the vessels"
+            )
     stamp = lap("region", stamp)
 
     sample = array[region][:: max(1, int(region.sum() // 2_000_000))]
