@@ -75,7 +75,7 @@ def test_dicom_folder_and_database_group_like_the_manifest(module, slicer_scene,
     series = {row.series_uid: Path(row.dicom_dir).name for row in manifest.itertuples()}
     from ImagInfoExtension.bridge.dicom import study_from_database
 
-    database_study, _ = study_from_database(list(series), database=Database())
+    database_study, _ = logic.studyFromDicomDatabase(list(series), database=Database())
     pd.testing.assert_frame_equal(database_study[["recon", "dose_mgy", "repetition"]], expected)
     assert sorted(database_study["series_uid"]) == sorted(series)
     with pytest.raises(ValueError, match="has no files in the DICOM database"):
@@ -125,3 +125,45 @@ def test_cancel_keeps_finished_series_and_leaves_the_scene(module, slicer_scene,
     assert len(finished) == 1
     result = logic.compare(study, tmp_path / "out", workers=0)
     assert len(result.batch.cached) == len(finished)
+
+
+def test_a_segmentation_or_a_box_gives_the_noise_roi(module, slicer_scene, tmp_path):
+    """The module's noise ROI: a markups box or a segmentation, written on the first series' grid."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ImagInfoExtension import bridge
+    from ImagInfoExtension.io import write_image
+    from ImagInfoExtension.phantom.qa import slab_and_cylinders_phantom
+    from ImagInfoExtension.study.table import validate_study
+
+    slicer = slicer_scene
+    phantom = slab_and_cylinders_phantom(spacing_mm=(0.75, 0.75, 2.5), size_ij=(256, 256), slices=6)
+    write_image(phantom.image, tmp_path / "slab.nrrd")
+    study = validate_study(pd.DataFrame([{"path": str(tmp_path / "slab.nrrd"), "recon": "FBP", "dose_mgy": 1.0}]))
+    logic = module.ImagInfoDoseComparisonLogic()
+    assert logic.noiseRoiFile(study, tmp_path) is None, "no node: placed automatically"
+    # A 60 x 30 mm box in the slab (LPS centre (0, 50)); markups work in RAS.
+    box = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "noise box")
+    box.SetCenter(0.0, -50.0, 0.0)
+    box.SetSize(60.0, 30.0, 100.0)
+    path = logic.noiseRoiFile(study, tmp_path / "box", roiNode=box)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+    assert mask.sum() * 0.75 * 0.75 * 2.5 == pytest.approx(60 * 30 * 15, rel=0.05)
+    assert phantom.object_hu[mask] == pytest.approx(phantom.uniform_hu), "the box lies in the slab"
+    # A segmentation on another grid (the truth of the slab's middle) gives the same region.
+    labels = sitk.Cast(sitk.GetImageFromArray(mask.astype(np.uint8)), sitk.sitkUInt8)
+    labels.CopyInformation(phantom.image)
+    segmentation = bridge.segmentation_node_from_label_map(
+        labels, slicer.mrmlScene, [bridge.SegmentDescription(label=1, name="uniform")], "noise segmentation"
+    )
+    again = logic.noiseRoiFile(study, tmp_path / "segmentation", segmentationNode=segmentation)
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(again))) > 0).sum() == mask.sum()
+    far = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "far box")
+    far.SetCenter(900.0, 900.0, 0.0)
+    far.SetSize(10.0, 10.0, 10.0)
+    with pytest.raises(ValueError, match="covers no voxel of the first series"):
+        logic.noiseRoiFile(study, tmp_path / "far", roiNode=far)
+    # The comparison measures the noise where the box says, whatever the automatic placement would do.
+    result = logic.compare(study, tmp_path / "out", workers=0, noiseRoi=path)
+    assert result.iq["noise_sd_hu"].iloc[0] == pytest.approx(phantom.noise.noise_sd_hu, rel=0.05)

@@ -219,11 +219,12 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
 
         return self.startChildJob("study", arguments, readResult=read, workDir=folder)
 
-    def studyFromDicomDatabase(self, seriesUIDs, rules=None):
-        """A study from series of Slicer's DICOM database, grouped from their tags as a folder is."""
+    def studyFromDicomDatabase(self, seriesUIDs, rules=None, database=None):
+        """A study from series of Slicer's DICOM database (``slicer.dicomDatabase`` by default),
+        grouped from their tags by the same code as a folder; returns ``(study, leftOut)``."""
         from ImagInfoExtension.bridge.dicom import study_from_database
 
-        return study_from_database(seriesUIDs, rules)
+        return study_from_database(seriesUIDs, rules, database)
 
     def studyTableNode(self, study, tableNode=None):
         """Show a study in an editable table node (reused on the next grouping): the path, the factors, the UID."""
