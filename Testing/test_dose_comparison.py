@@ -320,7 +320,8 @@ def test_key_findings_are_computed_from_the_results(demo):
     iso = pd.read_csv(comparison / "statistics_iso_dose.csv").set_index("recon")
     for recon in ("IR", "DL"):
         saving = round(100 * (1 - iso.loc[recon, "dose_fraction"]))
-        sentence = next(f for f in findings if f.startswith(f"{recon} matches the noise SD of FBP at 4 mGy"))
+        sentence = next(f for f in findings if f.startswith(f"{recon} ") and "noise SD of FBP at 4 mGy" in f)
+        assert f"{iso.loc[recon, 'iso_dose_mgy']:.2g} mGy" in sentence
         assert f"{abs(saving)}% {'less' if saving >= 0 else 'more'} dose" in sentence
     assert any("Against the published study" in f for f in findings)
     assert any(f.startswith("Noise SD falls with dose as FBP dose^−") for f in findings)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ImagInfoExtension.dose.analysis import rows_at_radius
+from ImagInfoExtension.dose.analysis import recon_order, rows_at_radius
 from ImagInfoExtension.metrics import metric
 
 if TYPE_CHECKING:
@@ -74,7 +74,8 @@ def _iso_dose_sentences(statistics: dict) -> list[str]:
     sentences = []
     reference = iso["reference"].iloc[0]
     title = metric(str(iso["metric"].iloc[0])).title
-    for row in iso.itertuples():
+    order = recon_order(iso["recon"])
+    for row in sorted(iso.itertuples(), key=lambda r: order.index(r.recon)):
         if row.reference.startswith(f"{row.recon} at") or not np.isfinite(row.iso_dose_mgy):
             continue
         saving = 1.0 - row.dose_fraction
@@ -123,12 +124,16 @@ def _trend_sentences(summary: pd.DataFrame, statistics: dict, radius_mm: float) 
     if law is not None and not law.empty:
         noise = law[law["metric"] == "noise_sd_hu"]
         if not noise.empty:
-            parts = [f"{r.recon} dose^−{r.k:.2f} (R² {r.r_squared:.2f})" for r in noise.itertuples()]
+            order = recon_order(noise["recon"])
+            fits = sorted(noise.itertuples(), key=lambda r: order.index(r.recon))
+            parts = [f"{r.recon} dose^−{r.k:.2f} (R² {r.r_squared:.2f})" for r in fits]
             sentences.append("Noise SD falls with dose as " + "; ".join(parts) + " (quantum noise alone: dose^−0.5).")
     iqr = rows_at_radius(summary, "iqr_hu", radius_mm)
     if not iqr.empty:
         falling = [
-            recon for recon, group in iqr.groupby("recon") if np.all(np.diff(group.sort_values("dose_mgy")["mean"]) < 0)
+            recon
+            for recon in recon_order(iqr["recon"])
+            if np.all(np.diff(iqr[iqr["recon"] == recon].sort_values("dose_mgy")["mean"]) < 0)
         ]
         recons = sorted(iqr["recon"].unique())
         if falling:
