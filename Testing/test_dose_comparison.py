@@ -247,7 +247,12 @@ def test_demo_writes_the_contract(demo):
     report = (comparison / "report.html").read_text()
     assert "reconstructions are modelled noise and blur" in report and "not the vendors" in report
     assert report.count("data:image/png;base64") == 4 and "Holm" in report and "series_uid" in report
-    assert not (comparison / "warnings.csv").exists(), "every metric is measured on our phantom"
+    if (comparison / "warnings.csv").exists():
+        left_out = pd.read_csv(comparison / "warnings.csv")
+        # On our phantom only TTF10 may be missing (a sharp edge's TTF can stay above 10% up to Nyquist), and says why.
+        quality = left_out[left_out["metric"].isin(IQ_COLUMNS)]
+        assert set(quality["metric"]) <= {"ttf10_per_mm"} and quality["reason"].eq("the TTF does not fall to 10%").all()
+        assert left_out["reason"].str.len().gt(20).all()
     from ImagInfoExtension import bridge
 
     scene = bridge.load_scene_bundle(out / "phantom_study.mrb")

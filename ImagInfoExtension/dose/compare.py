@@ -111,9 +111,10 @@ def compare_study(
         first = run.failures["error"].iloc[0] if not run.failures.empty else "-"
         raise ValueError(f"no series could be measured ({len(run.failures)} failed); first error: {first}")
     factors = run.factors
+    curve_keys = _conditions_as_recon(pd.DataFrame([{f: r[f] for f in factors} for r in run.records.values()]), factors)
     curves = {
-        name: {**{f: record[f] for f in factors}, **record.get("image_quality", {}).get("curves", {})}
-        for name, record in run.records.items()
+        name: {**keys, **record.get("image_quality", {}).get("curves", {})}
+        for (name, record), keys in zip(run.records.items(), curve_keys.to_dict("records"), strict=True)
     }
     long = _conditions_as_recon(run.long, factors)
     summary = aggregate(long)
@@ -154,5 +155,5 @@ def compare_study(
         factors=factors,
     )
     result.findings = key_findings(result, virtual)
-    result.files = write_comparison_outputs(result, study, out_dir, truth, noise_roi, virtual)
+    result.files = write_comparison_outputs(result, study, out_dir, truth, noise_roi, virtual, long)
     return result

@@ -29,6 +29,14 @@ def published_values() -> pd.DataFrame:
     return pd.read_csv(PUBLISHED_TABLE)
 
 
+def published_at(published: pd.DataFrame, key: str, radius_mm: float) -> pd.DataFrame:
+    """The published rows of a metric; for a per-class metric only at ``radius_mm`` (the study gave 3 mm)."""
+    rows = published[published["metric"] == key]
+    if metric(key).per_class:
+        rows = rows[np.isclose(rows["radius_mm"].astype(float), radius_mm)]
+    return rows
+
+
 def published_agreement(summary: pd.DataFrame, radius_mm: float) -> pd.DataFrame:
     """Ours beside the published values, per metric, reconstruction and dose.
 
@@ -37,6 +45,7 @@ def published_agreement(summary: pd.DataFrame, radius_mm: float) -> pd.DataFrame
     the real phantom showed.
     """
     published = published_values()
+    published = pd.concat([published_at(published, key, radius_mm) for key in PUBLISHED_METRICS])
     rows = []
     for record in published.to_dict("records"):
         key = record["metric"]
@@ -133,10 +142,11 @@ def _trend_sentences(summary: pd.DataFrame, statistics: dict, radius_mm: float) 
         falling = [
             recon
             for recon in recon_order(iqr["recon"])
-            if np.all(np.diff(iqr[iqr["recon"] == recon].sort_values("dose_mgy")["mean"]) < 0)
+            if len(iqr[iqr["recon"] == recon]) >= 2
+            and np.all(np.diff(iqr[iqr["recon"] == recon].sort_values("dose_mgy")["mean"]) < 0)
         ]
         recons = sorted(iqr["recon"].unique())
-        if falling:
+        if falling and iqr["dose_mgy"].nunique() >= 2:
             sentences.append(
                 f"The IQR of the r = {radius_mm:g} mm vessels falls at every dose step for "
                 f"{len(falling)} of {len(recons)} reconstructions ({', '.join(falling)})."

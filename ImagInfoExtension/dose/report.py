@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ImagInfoExtension.dose.analysis import recon_order, rows_at_radius
-from ImagInfoExtension.dose.findings import PUBLISHED_METRICS, published_values
+from ImagInfoExtension.dose.findings import PUBLISHED_METRICS, published_at, published_values
 from ImagInfoExtension.dose.results import ComparisonResult, write_table_files
 from ImagInfoExtension.io import json_default, write_atomically
 from ImagInfoExtension.metrics import metric, tabulated_metrics
@@ -126,8 +126,14 @@ def figure_metrics_against_dose(summary: pd.DataFrame, radius_mm: float):
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(metrics) :]:
         ax.set_visible(False)
-    handles, labels = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), title="reconstruction")
+    legend = {}
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(
+            list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), title="reconstruction"
+        )
     return fig
 
 
@@ -222,13 +228,14 @@ def figure_accuracy_against_radius(long: pd.DataFrame):
     return fig
 
 
-def write_plots(result: ComparisonResult, out_dir: Path) -> dict[str, Path]:
+def write_plots(result: ComparisonResult, out_dir: Path, long: pd.DataFrame | None = None) -> dict[str, Path]:
+    """The plots; ``long`` is the long table with the conditions folded into ``recon`` (default ``result.long``)."""
     plt = _pyplot()
     figures = {
         "metrics_vs_dose": figure_metrics_against_dose(result.summary, result.parameters.radius_mm),
         "nps_curves": figure_curves(result.curves, "nps"),
         "ttf_curves": figure_curves(result.curves, "ttf"),
-        "accuracy_vs_radius": figure_accuracy_against_radius(result.long),
+        "accuracy_vs_radius": figure_accuracy_against_radius(result.long if long is None else long),
     }
     paths: dict[str, Path] = {}
     for name, fig in figures.items():
@@ -280,8 +287,14 @@ def table_with_marks(result: ComparisonResult, key: str, published: pd.DataFrame
     """
     table = result.tables[key]
     alpha = result.parameters.alpha
-    p_by_dose = _significance(result, key)
+    tested = _significance(result, key)
+    # The columns name doses at 6 significant digits; the tests keep them whole.
     doses = [float(column.split()[0]) for column in table.columns]
+    p_by_dose = {}
+    for dose in doses:
+        found = [p for tested_dose, p in tested.items() if np.isclose(tested_dose, dose, rtol=1e-5)]
+        if found:
+            p_by_dose[dose] = found[0]
     head = "".join(
         f"<th>{html.escape(column)}{'*' if p_by_dose.get(dose, 1.0) < alpha else ''}</th>"
         for column, dose in zip(table.columns, doses, strict=True)
@@ -292,7 +305,7 @@ def table_with_marks(result: ComparisonResult, key: str, published: pd.DataFrame
         for column, dose in zip(table.columns, doses, strict=True):
             text = html.escape(str(row[column]))
             if published is not None:
-                match = published[(published["recon"] == recon) & np.isclose(published["dose_mgy"], dose)]
+                match = published[(published["recon"] == recon) & np.isclose(published["dose_mgy"], dose, rtol=1e-5)]
                 if not match.empty:
                     entry = metric(key)
                     text += (
@@ -395,7 +408,7 @@ def write_report(
             continue
         reference = None
         if published is not None and entry.key in PUBLISHED_METRICS:
-            reference = published[published["metric"] == entry.key]
+            reference = published_at(published, entry.key, parameters.radius_mm)
         parts.append(
             f"<h3>{html.escape(entry.label)}</h3>"
             + table_with_marks(result, entry.key, reference)
@@ -456,11 +469,16 @@ def write_comparison_outputs(
     truth: str | Path | None,
     noise_roi: str | Path | None,
     virtual: bool,
+    long: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
-    """Tables, plots, ``provenance.json`` and ``report.html``; returns every file by name."""
+    """Tables, plots, ``provenance.json`` and ``report.html``; returns every file by name.
+
+    ``long``: the long table with any factor beyond reconstruction and dose folded into
+    ``recon``, as the tables show the conditions (default ``result.long``).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_table_files(result, out_dir)
-    plots = write_plots(result, out_dir)
+    plots = write_plots(result, out_dir, long)
     files.update(plots)
     batch = result.batch
     source = provenance_document(

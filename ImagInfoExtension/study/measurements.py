@@ -23,6 +23,9 @@ VESSEL_CLASS_METRICS = (
     "radius_bias_mm",
 )
 
+#: Per-radius metrics that compare with a truth (absent without one).
+TRUTH_METRICS = ("detection_rate", "correct_radius_rate", "est_radius_mm", "radius_bias_mm")
+
 #: Whole-image metrics of the image-quality plugin, in the column order of ``iq_metrics.csv``.
 IMAGE_QUALITY_METRICS = (
     "noise_sd_hu",
@@ -76,8 +79,14 @@ class VesselPlugin:
         table = vessels.per_radius.dropna(subset=["radius_mm"])
         for record in table.to_dict("records"):
             for key in VESSEL_CLASS_METRICS:
-                if key in record and record[key] is not None:
-                    measurement.add(key, record[key], record["radius_mm"])
+                if key in record:
+                    # Accuracy metrics exist only with a truth; without one their columns are empty by design.
+                    missing = (
+                        None
+                        if truth is None and key in TRUTH_METRICS
+                        else "no value: the class was not found, or none of it lies deep enough for its core"
+                    )
+                    measurement.add(key, record[key], record["radius_mm"], missing)
         measurement.add("total_volume_ml", vessels.total_volume_ml)
         measurement.record = {k: vessels.summary[k] for k in ("total_volume_ml", "levels_hu", "region", "timings_s")}
         return measurement
@@ -150,9 +159,9 @@ class ImageQualityPlugin:
             rois = place_square_rois(uniform, max_size_px=settings["max_roi_px"])
             noise_sd = noise_sd_hu(array, rois)
             nps = noise_power_spectrum(array, spacing[1:], rois)
-            measurement.add("noise_sd_hu", noise_sd)
-            measurement.add("nps_fpeak_per_mm", nps.peak_frequency_per_mm)
-            measurement.add("nps_favg_per_mm", nps.average_frequency_per_mm)
+            measurement.add("noise_sd_hu", noise_sd, missing="the noise ROIs gave no finite SD")
+            measurement.add("nps_fpeak_per_mm", nps.peak_frequency_per_mm, missing="the NPS has no peak")
+            measurement.add("nps_favg_per_mm", nps.average_frequency_per_mm, missing="the NPS has no average")
             details.update(nps_roi_px=rois.size_px, nps_rois=len(rois))
             curves["nps"] = {"frequency_per_mm": nps.frequency_per_mm.tolist(), "value": nps.nps_hu2_mm2.tolist()}
         except (ValueError, OSError) as error:
@@ -174,8 +183,8 @@ class ImageQualityPlugin:
             centres, radius = edge
             try:
                 ttf = task_transfer_function(array, spacing, centres, radius)
-                measurement.add("ttf50_per_mm", ttf.ttf50_per_mm)
-                measurement.add("ttf10_per_mm", ttf.ttf10_per_mm)
+                measurement.add("ttf50_per_mm", ttf.ttf50_per_mm, missing="the TTF does not fall to 50%")
+                measurement.add("ttf10_per_mm", ttf.ttf10_per_mm, missing="the TTF does not fall to 10%")
                 details.update(ttf_edge_radius_mm=ttf.edge_radius_mm, ttf_contrast_hu=ttf.contrast_hu)
                 curves["ttf"] = {"frequency_per_mm": ttf.frequency_per_mm.tolist(), "value": ttf.ttf.tolist()}
             except ValueError as error:
@@ -192,12 +201,13 @@ class ImageQualityPlugin:
         else:
             background = float(vessels.summary["levels_hu"]["background"])
             contrast = float(row["mpv_hu"]) - background
-            measurement.add("cnr", contrast_to_noise_ratio(float(row["mpv_hu"]), background, noise_sd))
+            cnr = contrast_to_noise_ratio(float(row["mpv_hu"]), background, noise_sd)
+            measurement.add("cnr", cnr, missing="the contrast or the noise is not finite")
             if nps is not None and ttf is not None:
                 observer = ObserverParameters(**settings["observer"])
                 d = detectability_index(ttf, nps, settings["radius_mm"], contrast, observer)
-                measurement.add("dprime_npw", d.npw)
-                measurement.add("dprime_npwe", d.npwe)
+                measurement.add("dprime_npw", d.npw, missing="the observer integral is not finite")
+                measurement.add("dprime_npwe", d.npwe, missing="the observer integral is not finite")
             else:
                 for key in ("dprime_npw", "dprime_npwe"):
                     measurement.warn(key, "needs both the NPS and the TTF")

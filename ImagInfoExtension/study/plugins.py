@@ -59,15 +59,21 @@ class Measurement:
     record: dict = field(default_factory=dict)
     shared: Any = None
 
-    def add(self, metric: str, value: float | None, radius_mm: float | None = None) -> None:
-        """Add a finite value; None and NaN are skipped (give a warning for them)."""
-        if value is None:
-            return
-        value = float(value)
-        if value == value and abs(value) != float("inf"):
+    def add(self, metric: str, value: float | None, radius_mm: float | None = None, missing: str | None = None) -> bool:
+        """Add a finite value and return True; None, NaN and infinities are not rows.
+
+        With ``missing``, a value that is not finite becomes a warning with that reason,
+        so that nothing is left out silently.
+        """
+        finite = value is not None and float(value) == float(value) and abs(float(value)) != float("inf")
+        if finite:
             self.rows.append(
-                {"radius_mm": None if radius_mm is None else float(radius_mm), "metric": metric, "value": value}
+                {"radius_mm": None if radius_mm is None else float(radius_mm), "metric": metric, "value": float(value)}
             )
+        elif missing is not None:
+            where = "" if radius_mm is None else f" (r = {float(radius_mm):g} mm)"
+            self.warn(metric, f"{missing}{where}")
+        return finite
 
     def warn(self, metric: str, reason: str) -> None:
         self.warnings.append({"metric": metric, "reason": reason})

@@ -308,11 +308,12 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         import numpy as np
 
         from ImagInfoExtension.geometry import ImageGrid
-        from ImagInfoExtension.io import read_dicom_series, read_image, write_atomically, write_image
+        from ImagInfoExtension.io import read_dicom_series, read_image, write_if_changed, write_image
 
         first = study.iloc[0]
         path = Path(first["path"])
-        reference = read_dicom_series(path, first["series_uid"]) if path.is_dir() else read_image(path)
+        uid = first["series_uid"] or None
+        reference = read_dicom_series(path, uid) if path.is_dir() else read_image(path)
         grid = ImageGrid.from_sitk(reference)
         if segmentationNode is not None:
             import SimpleITK as sitk
@@ -335,7 +336,8 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
             )
         target = Path(outputFolder) / "noise_roi.nrrd"
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(target, lambda p: write_image(grid.to_sitk(mask.astype(np.uint8)), p))
+        # Rewritten only when the region changed: the file's identity keys every series' cache.
+        write_if_changed(target, lambda p: write_image(grid.to_sitk(mask.astype(np.uint8)), p))
         return target
 
     def startComparison(
