@@ -136,7 +136,6 @@ class ImageQualityPlugin:
             detectability_index,
             noise_power_spectrum,
             noise_sd_hu,
-            place_square_rois,
             task_transfer_function,
         )
 
@@ -149,14 +148,8 @@ class ImageQualityPlugin:
         nps = None
         noise_sd = float("nan")
         try:
-            uniform, source = noise_region(series, spacing, settings)
+            rois, source = noise_rois(series, spacing, settings)
             details["noise_roi_source"] = source
-            if uniform is None or not uniform.any():
-                raise ValueError(
-                    "no uniform region found (flat, stable-noise areas away from edges and clipped air); "
-                    "give one with --noise-roi (a label map or mask)"
-                )
-            rois = place_square_rois(uniform, max_size_px=settings["max_roi_px"])
             noise_sd = noise_sd_hu(array, rois)
             nps = noise_power_spectrum(array, spacing[1:], rois)
             measurement.add("noise_sd_hu", noise_sd, missing="the noise ROIs gave no finite SD")
@@ -215,14 +208,19 @@ class ImageQualityPlugin:
         return measurement
 
 
-def noise_region(series: SeriesContext, spacing_kji: np.ndarray, settings: dict) -> tuple[np.ndarray | None, str]:
-    """The uniform region of the noise ROIs, and where it came from.
+def noise_rois(series: SeriesContext, spacing_kji: np.ndarray, settings: dict) -> tuple[object, str]:
+    """The square noise ROIs of a series, and where their uniform region came from.
 
     The user's mask wins. On our phantom (the vessel plugin found its holder's cavity)
     the holder's solid PMMA wall is the calibrated place. Anywhere else, uniform
     regions are found automatically
     (:func:`~ImagInfoExtension.imagequality.find_uniform_regions`): the holder test
     alone would take any bright block with dark inserts for a wall.
+
+    Raises
+    ------
+    ValueError
+        When no uniform region holds a ROI; the message says how to give one.
     """
     from ImagInfoExtension.imagequality import find_uniform_regions, place_square_rois, read_noise_roi
     from ImagInfoExtension.vessels.region import find_holder_wall
@@ -230,19 +228,24 @@ def noise_region(series: SeriesContext, spacing_kji: np.ndarray, settings: dict)
     array = sitk.GetArrayViewFromImage(series.image)
     user = series.payload.get("noise_roi")
     if user:
-        return read_noise_roi(Path(user), series.image), f"user ({Path(user).name})"
+        region = read_noise_roi(Path(user), series.image)
+        return place_square_rois(region, max_size_px=settings["max_roi_px"]), f"user ({Path(user).name})"
     vessels = series.earlier.get("vessels")
-    on_our_phantom = vessels is not None and vessels.record.get("region", {}).get("source") == "holder cavity"
-    if on_our_phantom:
+    if vessels is not None and vessels.record.get("region", {}).get("source") == "holder cavity":
         wall = find_holder_wall(array, spacing_kji, settings["wall_edge_margin_mm"])
         try:
-            place_square_rois(wall, max_size_px=settings["max_roi_px"])
-            return wall, "holder wall"
+            return place_square_rois(wall, max_size_px=settings["max_roi_px"]), "holder wall"
         except ValueError:
             pass  # too little of the wall in this scan: look anywhere
     # Its margin counts from the detected edge band, whose own width already keeps the
     # default 1.5 mm about 3.3 mm from an air boundary (the holder wall's 3 mm).
-    return find_uniform_regions(array, spacing_kji), "automatic"
+    region = find_uniform_regions(array, spacing_kji)
+    if not region.any():
+        raise ValueError(
+            "no uniform region found (flat, stable-noise areas away from edges and clipped air); "
+            "give one with --noise-roi (a label map or mask)"
+        )
+    return place_square_rois(region, max_size_px=settings["max_roi_px"]), "automatic"
 
 
 def _row_at(vessels, radius_mm: float) -> dict | None:
