@@ -1,0 +1,1 @@
+"""Texture matrices (GLCM, GLRLM, GLSZM, GLDZM, NGTDM, NGLDM) and their IBSI features."""
