@@ -1,0 +1,124 @@
+"""Neighbour directions and line walking shared by the directional texture matrices (GLCM, GLRLM).
+
+IBSI-1 (section 3.6) counts each neighbour direction once: a direction and its opposite give the
+same symmetric co-occurrence matrix and the same runs. In 3D that leaves the 13 unique directions
+of the 26-connected neighbourhood; in 2D (an axial slice, fixed z) the 4 in-plane ones.
+Offsets are ``(dz, dy, dx)`` in voxels, each written with its first non-zero component positive,
+so the in-plane directions come first in :data:`DIRECTIONS_3D`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+IN_PLANE_DIRECTIONS: tuple[tuple[int, int, int], ...] = ((0, 0, 1), (0, 1, -1), (0, 1, 0), (0, 1, 1))
+"""The 4 unique in-plane neighbour directions (dz = 0)."""
+
+DIRECTIONS_3D: tuple[tuple[int, int, int], ...] = IN_PLANE_DIRECTIONS + tuple(
+    (1, dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+)
+"""The 13 unique 3D neighbour directions; the first 4 are :data:`IN_PLANE_DIRECTIONS`."""
+
+AGGREGATIONS: tuple[str, ...] = ("2D_avg", "2D_comb", "2_5D_avg", "2_5D_comb", "3D_avg", "3D_comb")
+"""IBSI-1 aggregation methods, spelt as the suffixes of the reference tags."""
+
+
+def check_texture_input(
+    levels: np.ndarray, int_mask: np.ndarray, n_levels: int, aggregations: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Validate the arguments common to the directional texture families.
+
+    Parameters
+    ----------
+    levels : ndarray of int, shape (z, y, x)
+        Discretised grey levels, 1..`n_levels` inside `int_mask` (values outside are ignored).
+    int_mask : ndarray of bool, shape (z, y, x)
+        Intensity mask.
+    n_levels : int
+        Number of grey levels, at least 1.
+    aggregations : sequence of str
+        Requested aggregation methods, each one of :data:`AGGREGATIONS`.
+
+    Returns
+    -------
+    levels : ndarray of int64
+        The grey levels, 0 outside the mask.
+    int_mask : ndarray of bool
+    aggregations : tuple of str
+        Duplicates removed, order kept.
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ or are not 3D, ``n_levels < 1``, an empty mask, grey levels outside
+        1..`n_levels` inside the mask, or an unknown aggregation.
+    """
+    levels = np.asarray(levels)
+    int_mask = np.asarray(int_mask, dtype=bool)
+    if levels.ndim != 3 or levels.shape != int_mask.shape:
+        raise ValueError(
+            f"levels {levels.shape} and int_mask {int_mask.shape} must be 3D arrays of the same (z, y, x) shape; "
+            "pass the discretised ROI and its intensity mask on the same grid"
+        )
+    if int(n_levels) != n_levels or n_levels < 1:
+        raise ValueError(f"n_levels must be an integer >= 1, got {n_levels!r}; pass the number of grey levels")
+    if not int_mask.any():
+        raise ValueError("int_mask is empty: texture matrices need at least one voxel in the intensity mask")
+    if not np.issubdtype(levels.dtype, np.integer):
+        if not np.array_equal(levels[int_mask], np.round(levels[int_mask])):
+            raise ValueError("levels must hold integer grey levels inside int_mask; discretise the image first")
+    inside = levels[int_mask]
+    if inside.min() < 1 or inside.max() > n_levels:
+        raise ValueError(
+            f"grey levels inside int_mask span {inside.min()}..{inside.max()}, outside 1..n_levels={n_levels}; "
+            "pass the discretised levels and their n_levels"
+        )
+    unknown = [name for name in aggregations if name not in AGGREGATIONS]
+    if unknown:
+        raise ValueError(f"unknown aggregation(s) {unknown}; choose from {list(AGGREGATIONS)}")
+    clean = np.where(int_mask, levels, 0).astype(np.int64)
+    return clean, int_mask, tuple(dict.fromkeys(aggregations))
+
+
+def line_order(
+    coords: np.ndarray, direction: tuple[int, int, int], shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Order voxels along the lines of one direction.
+
+    Every voxel lies on exactly one line parallel to `direction`. The key of a voxel is its line's
+    identifier times (length + 1) plus its position along the line, so that, after sorting, two
+    voxels follow each other on a line exactly when their keys differ by 1 (the gap of 1 between
+    lines keeps the last voxel of one line from touching the first of the next).
+
+    Parameters
+    ----------
+    coords : ndarray of int64, shape (3, n)
+        (z, y, x) coordinates of the voxels.
+    direction : tuple of int
+        Offset (dz, dy, dx) with components in {-1, 0, 1}, first non-zero component positive.
+    shape : tuple of int
+        Shape of the array the coordinates index.
+
+    Returns
+    -------
+    order : ndarray of intp, shape (n,)
+        Permutation that sorts the voxels by line, then by position along it.
+    sorted_keys : ndarray of int64, shape (n,)
+        The keys in that order.
+    """
+    axis = next(k for k in range(3) if direction[k] != 0)
+    position = coords[axis]
+    # The line's identifier is where it crosses the plane position == 0 (possibly outside the
+    # array); shifting each coordinate by the largest backward walk keeps it non-negative.
+    line = np.zeros_like(position)
+    walk = shape[axis] - 1
+    for k in range(3):
+        if k == axis:
+            continue
+        span = shape[k] + (walk if direction[k] else 0)
+        line = line * span + coords[k] - position * direction[k] + (walk if direction[k] > 0 else 0)
+    keys = line * (shape[axis] + 1) + position
+    order = np.argsort(keys, kind="stable")
+    return order, keys[order]
