@@ -177,7 +177,34 @@ def test_glrlm_runs_stop_at_the_mask():
     levels = np.array([[[1, 1, 1, 1, 1]]])
     mask = np.array([[[True, True, False, True, True]]])
     counts = glrlm_matrices(levels, mask, 1, [(0, 0, 1)])
-    assert counts[0, 0, 0].tolist() == [0, 2]
+    assert counts[0, 0, 0].tolist() == [0, 2, 0, 0, 0]
+
+
+def test_glrlm_skips_a_slice_without_voxels():
+    levels = np.concatenate([CHECKER, np.zeros_like(CHECKER), CHECKER[:, ::-1]])
+    two_d = ("2D_avg", "2D_comb", "2_5D_avg", "2_5D_comb")
+    with_gap = glrlm_features(levels, levels > 0, 2, aggregations=two_d)
+    stacked = np.concatenate([CHECKER, CHECKER[:, ::-1]])
+    assert with_gap == pytest.approx(glrlm_features(stacked, stacked > 0, 2, aggregations=two_d))
+
+
+# --- memory bound ---------------------------------------------------------------------------
+
+
+def test_matrices_built_in_small_pieces_give_the_same_features(monkeypatch):
+    import ImagInfoExtension.radiomics.texture.cooccurrence as cooccurrence
+    import ImagInfoExtension.radiomics.texture.directions as directions
+    import ImagInfoExtension.radiomics.texture.runlength as runlength
+
+    rng = np.random.default_rng(3)
+    levels = rng.integers(1, 9, size=(5, 6, 7))
+    mask = rng.random(levels.shape) < 0.8
+    whole = glcm_features(levels, mask, 10) | glrlm_features(levels, mask, 10)
+    # A budget of one entry forces one slice and one direction per stack.
+    for module in (cooccurrence, directions, runlength):
+        monkeypatch.setattr(module, "MATRIX_ENTRY_BUDGET", 1, raising=False)
+    pieces = glcm_features(levels, mask, 10) | glrlm_features(levels, mask, 10)
+    assert pieces == pytest.approx(whole, nan_ok=True)
 
 
 # --- arguments --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ stack of matrices.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
@@ -17,7 +18,11 @@ from ImagInfoExtension.radiomics.texture.directions import (
     AGGREGATIONS,
     DIRECTIONS_3D,
     IN_PLANE_DIRECTIONS,
+    MATRIX_ENTRY_BUDGET,
+    FeatureMeans,
     check_texture_input,
+    compact_levels,
+    slice_chunks,
 )
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -105,15 +110,18 @@ def _xlog2x(p: np.ndarray) -> np.ndarray:
     return p * np.log2(np.where(p > 0, p, 1.0))
 
 
-def glcm_feature_stack(matrices: np.ndarray, n_levels: int) -> dict[str, np.ndarray]:
+def glcm_feature_stack(matrices: np.ndarray, grey: np.ndarray, n_levels: int) -> dict[str, np.ndarray]:
     """The 25 IBSI GLCM features of each matrix of a stack.
 
     Parameters
     ----------
-    matrices : ndarray, shape (n, n_levels, n_levels)
+    matrices : ndarray, shape (n, G, G)
         Symmetric co-occurrence counts, none of them empty.
+    grey : ndarray of float, shape (G,)
+        Grey level of each row (and column), increasing, within 1..`n_levels`.
     n_levels : int
-        Number of grey levels, the N_g of the normalised inverse differences.
+        Number of grey levels N_g of the discretisation (it normalises ``inv_diff_norm`` and
+        ``inv_diff_mom_norm``).
 
     Returns
     -------
@@ -123,7 +131,6 @@ def glcm_feature_stack(matrices: np.ndarray, n_levels: int) -> dict[str, np.ndar
     """
     n = matrices.shape[0]
     p = matrices / matrices.sum(axis=(1, 2), keepdims=True)
-    grey = np.arange(1, n_levels + 1, dtype=float)
     p_i = p.sum(axis=2)
     p_j = p.sum(axis=1)
     mu_i = p_i @ grey
@@ -131,13 +138,17 @@ def glcm_feature_stack(matrices: np.ndarray, n_levels: int) -> dict[str, np.ndar
     var_i = p_i @ grey**2 - mu_i**2
     var_j = p_j @ grey**2 - mu_j**2
 
-    # Diagonal (|i - j|) and cross-diagonal (i + j) probabilities, one bincount each over the stack.
-    i_index, j_index = np.indices((n_levels, n_levels))
-    diff_index = (np.abs(i_index - j_index).ravel()[None, :] + n_levels * np.arange(n)[:, None]).ravel()
-    sum_index = ((i_index + j_index).ravel()[None, :] + (2 * n_levels - 1) * np.arange(n)[:, None]).ravel()
+    # Diagonal (k = |i - j|, 0..N_g-1) and cross-diagonal (k = i + j, 2..2N_g) probabilities,
+    # one bincount each over the whole stack.
+    grey_index = grey.astype(np.int64)
+    diff_k = np.abs(grey_index[:, None] - grey_index[None, :]).ravel()
+    sum_k = (grey_index[:, None] + grey_index[None, :] - 2).ravel()
+    n_sums = 2 * n_levels - 1
     flat = p.reshape(-1)
-    p_diff = np.bincount(diff_index, flat, minlength=n * n_levels).reshape(n, n_levels)
-    p_sum = np.bincount(sum_index, flat, minlength=n * (2 * n_levels - 1)).reshape(n, 2 * n_levels - 1)
+    p_diff = np.bincount((diff_k + n_levels * np.arange(n)[:, None]).ravel(), flat, minlength=n * n_levels)
+    p_diff = p_diff.reshape(n, n_levels)
+    p_sum = np.bincount((sum_k + n_sums * np.arange(n)[:, None]).ravel(), flat, minlength=n * n_sums)
+    p_sum = p_sum.reshape(n, n_sums)
     k_diff = np.arange(n_levels, dtype=float)
     k_sum = np.arange(2, 2 * n_levels + 1, dtype=float)
 
@@ -154,7 +165,7 @@ def glcm_feature_stack(matrices: np.ndarray, n_levels: int) -> dict[str, np.ndar
     entropy_j = -_xlog2x(p_j).sum(axis=1)
     log_i = np.log2(np.where(p_i > 0, p_i, 1.0))
     log_j = np.log2(np.where(p_j > 0, p_j, 1.0))
-    # HXY1 = -sum p_ij log2(p_i p_j); HXY2 = -sum p_i p_j log2(p_i p_j).
+    # HXY1 = -sum p_ij log2(p_i p_j); HXY2 = -sum p_i p_j log2(p_i p_j) = HX + HY.
     hxy1 = -(np.einsum("nij,ni->n", p, log_i) + np.einsum("nij,nj->n", p, log_j))
     hxy2 = entropy_i + entropy_j
     max_entropy = np.maximum(entropy_i, entropy_j)
@@ -240,46 +251,45 @@ def glcm_features(
         raise ValueError(f"distance must be an integer >= 1 voxel, got {distance!r}")
     n_levels = int(n_levels)
     distance = int(distance)
+    compact, grey = compact_levels(levels, int_mask)
+    size = len(grey)
+    means = FeatureMeans("cm", FEATURE_NAMES, aggregations, partial(glcm_feature_stack, grey=grey, n_levels=n_levels))
 
-    # In-plane pairs never leave their slice, so per-slice in-plane counts serve both the 2D and
-    # 2.5D aggregations and, summed over slices, the first 4 of the 13 3D directions.
-    wants_2d = any(not name.startswith("3D") for name in aggregations)
-    wants_3d = any(name.startswith("3D") for name in aggregations)
-    in_plane = glcm_matrices(levels, int_mask, n_levels, IN_PLANE_DIRECTIONS, distance=distance, per_slice=wants_2d)
-    groups: dict[str, list[np.ndarray]] = {}
-    if "2D_avg" in aggregations:
-        groups["2D_avg"] = list(in_plane.reshape(-1, n_levels, n_levels))
-    if "2D_comb" in aggregations:
-        groups["2D_comb"] = list(in_plane.sum(axis=0))
-    if "2_5D_avg" in aggregations:
-        groups["2_5D_avg"] = list(in_plane.sum(axis=1))
-    if "2_5D_comb" in aggregations:
-        groups["2_5D_comb"] = [in_plane.sum(axis=(0, 1))]
-    if wants_3d:
-        out_of_plane = glcm_matrices(
-            levels, int_mask, n_levels, DIRECTIONS_3D[len(IN_PLANE_DIRECTIONS) :], distance=distance
-        )
-        per_direction = np.concatenate([in_plane.sum(axis=1), out_of_plane[:, 0]])
-        if "3D_avg" in aggregations:
-            groups["3D_avg"] = list(per_direction)
-        if "3D_comb" in aggregations:
-            groups["3D_comb"] = [per_direction.sum(axis=0)]
-
-    return _aggregate(groups, aggregations, n_levels)
-
-
-def _aggregate(groups: dict[str, list[np.ndarray]], aggregations: tuple[str, ...], n_levels: int) -> dict[str, float]:
-    # One feature pass over every non-empty matrix of every aggregation, then a mean per aggregation.
-    kept = {name: [m for m in groups[name] if m.any()] for name in aggregations}
-    stack = [m for name in aggregations for m in kept[name]]
-    values = glcm_feature_stack(np.stack(stack), n_levels) if stack else {}
-    result: dict[str, float] = {}
-    start = 0
-    for name in aggregations:
-        stop = start + len(kept[name])
-        for feature in FEATURE_NAMES:
-            result[f"cm_{feature}_{name}"] = (
-                float(np.mean(values[feature][start:stop])) if stop > start else float("nan")
+    # In-plane pairs never leave their slice: per-slice in-plane matrices (built a few slices at a
+    # time) serve the 2D aggregations and, summed over slices, the 2.5D ones and the first 4 of
+    # the 13 3D directions.
+    n_in_plane = len(IN_PLANE_DIRECTIONS)
+    if any(not name.startswith("3D") for name in aggregations):
+        in_plane = np.zeros((n_in_plane, size, size), dtype=np.int64)
+        for part in slice_chunks(levels.shape[0], n_in_plane * size * size):
+            per_slice = glcm_matrices(
+                compact[part], int_mask[part], size, IN_PLANE_DIRECTIONS, distance=distance, per_slice=True
             )
-        start = stop
-    return result
+            if "2D_avg" in aggregations:
+                means.add("2D_avg", per_slice.reshape(-1, size, size))
+            if "2D_comb" in aggregations:
+                means.add("2D_comb", per_slice.sum(axis=0))
+            in_plane += per_slice.sum(axis=1)
+    else:
+        in_plane = glcm_matrices(compact, int_mask, size, IN_PLANE_DIRECTIONS, distance=distance)[:, 0]
+    if "2_5D_avg" in aggregations:
+        means.add("2_5D_avg", in_plane)
+    if "2_5D_comb" in aggregations:
+        means.add("2_5D_comb", in_plane.sum(axis=0, keepdims=True))
+
+    if any(name.startswith("3D") for name in aggregations):
+        merged = in_plane.sum(axis=0)
+        if "3D_avg" in aggregations:
+            means.add("3D_avg", in_plane)
+        out_of_plane = DIRECTIONS_3D[n_in_plane:]
+        step = max(1, MATRIX_ENTRY_BUDGET // (size * size))
+        for start in range(0, len(out_of_plane), step):
+            directional = glcm_matrices(compact, int_mask, size, out_of_plane[start : start + step], distance=distance)[
+                :, 0
+            ]
+            if "3D_avg" in aggregations:
+                means.add("3D_avg", directional)
+            merged += directional.sum(axis=0)
+        if "3D_comb" in aggregations:
+            means.add("3D_comb", merged[None])
+    return means.result()

@@ -9,7 +9,7 @@ so the in-plane directions come first in :data:`DIRECTIONS_3D`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +23,10 @@ DIRECTIONS_3D: tuple[tuple[int, int, int], ...] = IN_PLANE_DIRECTIONS + tuple(
 
 AGGREGATIONS: tuple[str, ...] = ("2D_avg", "2D_comb", "2_5D_avg", "2_5D_comb", "3D_avg", "3D_comb")
 """IBSI-1 aggregation methods, spelt as the suffixes of the reference tags."""
+
+MATRIX_ENTRY_BUDGET = 1 << 21
+"""Most matrix entries held in one stack (16 MiB of int64), which keeps memory bounded when a
+fine discretisation gives hundreds of grey levels; typical ROIs fit in a single stack."""
 
 
 def check_texture_input(
@@ -122,3 +126,85 @@ def line_order(
     keys = line * (shape[axis] + 1) + position
     order = np.argsort(keys, kind="stable")
     return order, keys[order]
+
+
+def compact_levels(levels: np.ndarray, int_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber the grey levels present in the mask as 1..G.
+
+    Levels absent from the ROI only add zero rows and columns to a texture matrix; dropping them
+    keeps the matrices small. Features that depend on the level values use the returned values.
+
+    Parameters
+    ----------
+    levels : ndarray of int64, shape (z, y, x)
+        Grey levels, 0 outside `int_mask`.
+    int_mask : ndarray of bool, shape (z, y, x)
+
+    Returns
+    -------
+    compact : ndarray of int64, shape (z, y, x)
+        1..G inside `int_mask`, 0 outside.
+    grey : ndarray of float, shape (G,)
+        The original level of each compact level.
+    """
+    present, inverse = np.unique(levels[int_mask], return_inverse=True)
+    compact = np.zeros_like(levels)
+    compact[int_mask] = inverse.ravel() + 1
+    return compact, present.astype(float)
+
+
+class FeatureMeans:
+    """Running means, per aggregation, of features computed on stacks of texture matrices.
+
+    Parameters
+    ----------
+    prefix : str
+        Tag prefix of the family (``"cm"``, ``"rlm"``).
+    feature_names : sequence of str
+        Features that `compute` returns.
+    aggregations : sequence of str
+        Aggregations that will be reported.
+    compute : callable
+        ``compute(matrices, *per_matrix) -> dict[str, ndarray]`` for a stack of non-empty
+        matrices and optional per-matrix arrays.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        feature_names: Sequence[str],
+        aggregations: Sequence[str],
+        compute: Callable[..., dict[str, np.ndarray]],
+    ) -> None:
+        self.prefix = prefix
+        self.feature_names = tuple(feature_names)
+        self.compute = compute
+        self.sums = {name: dict.fromkeys(self.feature_names, 0.0) for name in aggregations}
+        self.counts = dict.fromkeys(aggregations, 0)
+
+    def add(self, aggregation: str, matrices: np.ndarray, *per_matrix: np.ndarray) -> None:
+        """Add the features of each non-empty matrix of a stack (shape (m, ...)) to an aggregation."""
+        keep = matrices.reshape(len(matrices), -1).any(axis=1)
+        matrices = matrices[keep]
+        per_matrix = tuple(np.asarray(values)[keep] for values in per_matrix)
+        step = max(1, MATRIX_ENTRY_BUDGET // max(1, matrices[0].size)) if len(matrices) else 1
+        for start in range(0, len(matrices), step):
+            part = slice(start, start + step)
+            values = self.compute(matrices[part], *(v[part] for v in per_matrix))
+            for feature in self.feature_names:
+                self.sums[aggregation][feature] += float(np.sum(values[feature]))
+        self.counts[aggregation] += len(matrices)
+
+    def result(self) -> dict[str, float]:
+        """``<prefix>_<feature>_<aggregation>``: the mean over the matrices added, NaN where none was."""
+        return {
+            f"{self.prefix}_{feature}_{name}": sums[feature] / self.counts[name] if self.counts[name] else float("nan")
+            for name, sums in self.sums.items()
+            for feature in self.feature_names
+        }
+
+
+def slice_chunks(n_slices: int, entries_per_slice: int) -> list[slice]:
+    """Split the slices into runs whose per-slice matrices fit :data:`MATRIX_ENTRY_BUDGET`."""
+    step = max(1, MATRIX_ENTRY_BUDGET // max(1, entries_per_slice))
+    return [slice(start, start + step) for start in range(0, n_slices, step)]

@@ -10,6 +10,7 @@ breaks or the level changes, and run lengths are the differences of the start in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
@@ -17,8 +18,12 @@ from ImagInfoExtension.radiomics.texture.directions import (
     AGGREGATIONS,
     DIRECTIONS_3D,
     IN_PLANE_DIRECTIONS,
+    MATRIX_ENTRY_BUDGET,
+    FeatureMeans,
     check_texture_input,
+    compact_levels,
     line_order,
+    slice_chunks,
 )
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -49,6 +54,7 @@ def glrlm_matrices(
     directions: Sequence[tuple[int, int, int]],
     *,
     per_slice: bool = False,
+    max_length: int | None = None,
 ) -> np.ndarray:
     """Count runs per direction (and per axial slice, by the slice where each run starts).
 
@@ -65,17 +71,24 @@ def glrlm_matrices(
     per_slice : bool, optional
         Keep one matrix per axial slice (meaningful for in-plane directions, whose runs stay in
         their slice).
+    max_length : int, optional
+        Length of the run-length axis, at least the longest run; by default the largest array
+        dimension, which no run can exceed.
 
     Returns
     -------
-    ndarray of int64, shape (n_directions, n_slices, n_levels, max_run_length)
+    ndarray of int64, shape (n_directions, n_slices, n_levels, max_length)
         ``n_slices`` is the number of z slices when `per_slice`, else 1. Entry ``[d, s, i-1, l-1]``
-        counts the runs of level i and length l; ``max_run_length`` is the longest run found.
+        counts the runs of level i and length l.
     """
     shape = levels.shape
     coords = np.array(np.nonzero(int_mask), dtype=np.int64)
     voxel_levels = levels[int_mask]
     n_z = shape[0] if per_slice else 1
+    if max_length is None:
+        max_length = max(shape)
+    if voxel_levels.size == 0:
+        return np.zeros((len(directions), n_z, n_levels, max_length), dtype=np.int64)
     runs = []
     for index, direction in enumerate(directions):
         order, keys = line_order(coords, direction, shape)
@@ -84,7 +97,6 @@ def glrlm_matrices(
         lengths = np.diff(np.append(starts, keys.size))
         slices = coords[0, order[starts]] if per_slice else 0
         runs.append((index, slices, sorted_levels[starts] - 1, lengths - 1))
-    max_length = max(int(r[3].max()) for r in runs) + 1
     codes = np.concatenate(
         [((index * n_z + slices) * n_levels + level) * max_length + length for index, slices, level, length in runs]
     )
@@ -92,16 +104,18 @@ def glrlm_matrices(
     return counts.reshape(len(directions), n_z, n_levels, max_length)
 
 
-def glrlm_feature_stack(matrices: np.ndarray, n_voxels: np.ndarray) -> dict[str, np.ndarray]:
+def glrlm_feature_stack(matrices: np.ndarray, n_voxels: np.ndarray, grey: np.ndarray) -> dict[str, np.ndarray]:
     """The 16 IBSI GLRLM features of each matrix of a stack.
 
     Parameters
     ----------
-    matrices : ndarray, shape (n, n_levels, max_run_length)
-        Run counts, none of them empty.
+    matrices : ndarray, shape (n, G, max_run_length)
+        Run counts, none of them empty; column l - 1 holds runs of length l.
     n_voxels : ndarray, shape (n,)
         Voxels each matrix stands for, the N_v of the run percentage (for a merged matrix, the
         sum over the matrices merged, so a voxel counts once per direction).
+    grey : ndarray of float, shape (G,)
+        Grey level of each row.
 
     Returns
     -------
@@ -110,31 +124,31 @@ def glrlm_feature_stack(matrices: np.ndarray, n_voxels: np.ndarray) -> dict[str,
     """
     r = matrices.astype(float)
     n_runs = r.sum(axis=(1, 2))
-    grey = np.arange(1, r.shape[1] + 1, dtype=float)
     length = np.arange(1, r.shape[2] + 1, dtype=float)
     r_i = r.sum(axis=2)
     r_j = r.sum(axis=1)
+    p_i = r_i / n_runs[:, None]
+    p_j = r_j / n_runs[:, None]
+    mu_i = p_i @ grey
+    mu_j = p_j @ length
     p = r / n_runs[:, None, None]
-    mu_i = p.sum(axis=2) @ grey
-    mu_j = p.sum(axis=1) @ length
-    entropy_terms = p * np.log2(np.where(p > 0, p, 1.0))
     return {
-        "sre": r_j @ length**-2 / n_runs,
-        "lre": r_j @ length**2 / n_runs,
-        "lgre": r_i @ grey**-2 / n_runs,
-        "hgre": r_i @ grey**2 / n_runs,
-        "srlge": np.einsum("nij,i,j->n", r, grey**-2, length**-2) / n_runs,
-        "srhge": np.einsum("nij,i,j->n", r, grey**2, length**-2) / n_runs,
-        "lrlge": np.einsum("nij,i,j->n", r, grey**-2, length**2) / n_runs,
-        "lrhge": np.einsum("nij,i,j->n", r, grey**2, length**2) / n_runs,
+        "sre": p_j @ length**-2,
+        "lre": p_j @ length**2,
+        "lgre": p_i @ grey**-2,
+        "hgre": p_i @ grey**2,
+        "srlge": np.einsum("nij,i,j->n", p, grey**-2, length**-2),
+        "srhge": np.einsum("nij,i,j->n", p, grey**2, length**-2),
+        "lrlge": np.einsum("nij,i,j->n", p, grey**-2, length**2),
+        "lrhge": np.einsum("nij,i,j->n", p, grey**2, length**2),
         "glnu": (r_i**2).sum(axis=1) / n_runs,
-        "glnu_norm": (r_i**2).sum(axis=1) / n_runs**2,
+        "glnu_norm": (p_i**2).sum(axis=1),
         "rlnu": (r_j**2).sum(axis=1) / n_runs,
-        "rlnu_norm": (r_j**2).sum(axis=1) / n_runs**2,
+        "rlnu_norm": (p_j**2).sum(axis=1),
         "r_perc": n_runs / n_voxels,
-        "gl_var": p.sum(axis=2) @ grey**2 - mu_i**2,
-        "rl_var": p.sum(axis=1) @ length**2 - mu_j**2,
-        "rl_entr": -entropy_terms.sum(axis=(1, 2)),
+        "gl_var": p_i @ grey**2 - mu_i**2,
+        "rl_var": p_j @ length**2 - mu_j**2,
+        "rl_entr": -(p * np.log2(np.where(p > 0, p, 1.0))).sum(axis=(1, 2)),
     }
 
 
@@ -174,57 +188,54 @@ def glrlm_features(
         mask or an unknown aggregation.
     """
     levels, int_mask, aggregations = check_texture_input(levels, int_mask, n_levels, aggregations)
-    n_levels = int(n_levels)
-    n_total = int(int_mask.sum())
-    wants_2d = any(not name.startswith("3D") for name in aggregations)
-    wants_3d = any(name.startswith("3D") for name in aggregations)
+    compact, grey = compact_levels(levels, int_mask)
+    size = len(grey)
+    n_total = float(int_mask.sum())
+    means = FeatureMeans("rlm", FEATURE_NAMES, aggregations, partial(_trimmed_features, grey=grey))
 
-    # In-plane runs never leave their slice: the per-slice in-plane matrices serve the 2D and 2.5D
-    # aggregations and, summed over slices, the first 4 of the 13 3D directions.
-    groups: dict[str, tuple[list[np.ndarray], list[float]]] = {}
-    in_plane = glrlm_matrices(levels, int_mask, n_levels, IN_PLANE_DIRECTIONS, per_slice=wants_2d)
-    if wants_2d:
-        n_directions = len(IN_PLANE_DIRECTIONS)
+    # In-plane runs never leave their slice: per-slice in-plane matrices (built a few slices at a
+    # time) serve the 2D aggregations and, summed over slices, the 2.5D ones and the first 4 of
+    # the 13 3D directions. Every matrix gets the longest possible run-length axis, so that they
+    # add up; _trimmed_features drops the empty tail.
+    n_in_plane = len(IN_PLANE_DIRECTIONS)
+    longest = max(levels.shape)
+    if any(not name.startswith("3D") for name in aggregations):
+        in_plane = np.zeros((n_in_plane, size, longest), dtype=np.int64)
         slice_voxels = int_mask.sum(axis=(1, 2)).astype(float)
-        if "2D_avg" in aggregations:
-            groups["2D_avg"] = (
-                list(in_plane.reshape(-1, *in_plane.shape[2:])),
-                list(np.tile(slice_voxels, n_directions)),
+        for part in slice_chunks(levels.shape[0], n_in_plane * size * longest):
+            per_slice = glrlm_matrices(
+                compact[part], int_mask[part], size, IN_PLANE_DIRECTIONS, per_slice=True, max_length=longest
             )
-        if "2D_comb" in aggregations:
-            groups["2D_comb"] = (list(in_plane.sum(axis=0)), list(n_directions * slice_voxels))
-        if "2_5D_avg" in aggregations:
-            groups["2_5D_avg"] = (list(in_plane.sum(axis=1)), [n_total] * n_directions)
-        if "2_5D_comb" in aggregations:
-            groups["2_5D_comb"] = ([in_plane.sum(axis=(0, 1))], [n_directions * n_total])
-    if wants_3d:
-        out_of_plane = glrlm_matrices(levels, int_mask, n_levels, DIRECTIONS_3D[len(IN_PLANE_DIRECTIONS) :])
-        width = max(in_plane.shape[3], out_of_plane.shape[3])
-        per_direction = np.concatenate([_widen(in_plane.sum(axis=1), width), _widen(out_of_plane[:, 0], width)])
+            if "2D_avg" in aggregations:
+                means.add("2D_avg", per_slice.reshape(-1, size, longest), np.tile(slice_voxels[part], n_in_plane))
+            if "2D_comb" in aggregations:
+                means.add("2D_comb", per_slice.sum(axis=0), n_in_plane * slice_voxels[part])
+            in_plane += per_slice.sum(axis=1)
+    else:
+        in_plane = glrlm_matrices(compact, int_mask, size, IN_PLANE_DIRECTIONS, max_length=longest)[:, 0]
+    if "2_5D_avg" in aggregations:
+        means.add("2_5D_avg", in_plane, np.full(n_in_plane, n_total))
+    if "2_5D_comb" in aggregations:
+        means.add("2_5D_comb", in_plane.sum(axis=0, keepdims=True), [n_in_plane * n_total])
+
+    if any(name.startswith("3D") for name in aggregations):
+        merged = in_plane.sum(axis=0)
         if "3D_avg" in aggregations:
-            groups["3D_avg"] = (list(per_direction), [n_total] * len(DIRECTIONS_3D))
+            means.add("3D_avg", in_plane, np.full(n_in_plane, n_total))
+        out_of_plane = DIRECTIONS_3D[n_in_plane:]
+        step = max(1, MATRIX_ENTRY_BUDGET // (size * longest))
+        for start in range(0, len(out_of_plane), step):
+            directions = out_of_plane[start : start + step]
+            directional = glrlm_matrices(compact, int_mask, size, directions, max_length=longest)[:, 0]
+            if "3D_avg" in aggregations:
+                means.add("3D_avg", directional, np.full(len(directions), n_total))
+            merged += directional.sum(axis=0)
         if "3D_comb" in aggregations:
-            groups["3D_comb"] = ([per_direction.sum(axis=0)], [len(DIRECTIONS_3D) * n_total])
-
-    # One feature pass over every non-empty matrix of every aggregation, then a mean per aggregation.
-    kept = {name: [(m, v) for m, v in zip(*groups[name]) if m.any()] for name in aggregations}
-    width = max((m.shape[1] for name in aggregations for m, _ in kept[name]), default=1)
-    stack = [_widen(m, width) for name in aggregations for m, _ in kept[name]]
-    voxels = np.array([v for name in aggregations for _, v in kept[name]], dtype=float)
-    values = glrlm_feature_stack(np.stack(stack), voxels) if stack else {}
-    result: dict[str, float] = {}
-    start = 0
-    for name in aggregations:
-        stop = start + len(kept[name])
-        for feature in FEATURE_NAMES:
-            result[f"rlm_{feature}_{name}"] = (
-                float(np.mean(values[feature][start:stop])) if stop > start else float("nan")
-            )
-        start = stop
-    return result
+            means.add("3D_comb", merged[None], [len(DIRECTIONS_3D) * n_total])
+    return means.result()
 
 
-def _widen(matrices: np.ndarray, width: int) -> np.ndarray:
-    # Run-length axes differ between direction families; zero columns leave every feature unchanged.
-    pad = [(0, 0)] * (matrices.ndim - 1) + [(0, width - matrices.shape[-1])]
-    return np.pad(matrices, pad)
+def _trimmed_features(matrices: np.ndarray, n_voxels: np.ndarray, grey: np.ndarray) -> dict[str, np.ndarray]:
+    # Run lengths beyond the longest run in the stack are all-zero columns: dropping them saves work.
+    width = int(np.flatnonzero(matrices.any(axis=(0, 1)))[-1]) + 1
+    return glrlm_feature_stack(matrices[:, :, :width], n_voxels, grey)
