@@ -144,6 +144,15 @@ class RadiomicsSettings:
         document.pop("name")
         return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> RadiomicsSettings:
+        """The settings :meth:`as_dict` wrote (e.g. sent to a batch worker)."""
+        values = dict(document)
+        for key in _TUPLE_KEYS & set(values):
+            if values[key] is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
     def with_changes(self, **changes: Any) -> RadiomicsSettings:
         """A copy with some settings changed (validated again)."""
         return replace(self, **changes)
