@@ -215,6 +215,66 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", type=Path, required=True, help="study CSV to write")
     study.add_argument("--rules", type=Path, help="reconstruction rules JSON")
     _add_progress_argument(study)
+
+    radiomics = commands.add_parser(
+        "radiomics",
+        help="radiomics features per segment or lesion (IBSI-1 engine or pyradiomics)",
+        description=(
+            "Features of every segment of a label map (each non-zero label), or of each lesion (--per-lesion), "
+            "written as a tidy features.csv (case,segment,lesion,image_type,feature_class,feature,value,ibsi_tag) "
+            "plus features_wide.csv, lesions.csv, failures.csv and features.provenance.json. With --manifest "
+            "(case,image,mask plus optional label, segment and factor columns) the rows run on the batch engine, "
+            "resumable. --ibsi-check runs the six IBSI-1 cases and writes DIR/ibsi_compliance.csv."
+        ),
+    )
+    radiomics.add_argument("image", type=Path, nargs="?", help="image: NRRD, NIfTI, MHA or a DICOM series folder")
+    radiomics.add_argument("mask", type=Path, nargs="?", help="label map on any grid that overlaps the image")
+    radiomics_source = radiomics.add_mutually_exclusive_group()
+    radiomics_source.add_argument("--manifest", type=Path, help="CSV with case,image,mask (+ label, segment, factors)")
+    radiomics_source.add_argument(
+        "--ibsi-check", action="store_true", help="run the IBSI-1 phantom and configurations A-E; --out is a folder"
+    )
+    radiomics.add_argument("--ibsi-data", type=Path, help="IBSI-1 data folder (default ../shared/reference/ibsi)")
+    radiomics_settings = radiomics.add_mutually_exclusive_group()
+    radiomics_settings.add_argument("--preset", help="ibsi-phantom, ibsi-A ... ibsi-E, ct, mr, pet-suv (default ct)")
+    radiomics_settings.add_argument("--params", type=Path, help="parameter file: ImagInfo or pyradiomics YAML/JSON")
+    radiomics.add_argument(
+        "--mode",
+        choices=["ibsi", "pyradiomics"],
+        help="engine (default: ibsi for presets and ImagInfo files, pyradiomics for pyradiomics files)",
+    )
+    radiomics.add_argument("--per-lesion", action="store_true", help="one row group per connected component")
+    radiomics.add_argument(
+        "--min-lesion-volume-ml", type=float, default=0.0, help="smallest lesion kept in --per-lesion (ml, default 0)"
+    )
+    radiomics.add_argument("--case", help="case name in the table (default: the image's file name)")
+    radiomics.add_argument("--segment-names", help="names of the labels, e.g. 1=tumour,2=node (default label_<n>)")
+    radiomics.add_argument(
+        "--out", type=Path, help="features CSV (default features.csv); with --ibsi-check an output folder"
+    )
+    radiomics.add_argument("--workers", type=int, help="local worker processes for --manifest (0: no Dask)")
+    radiomics.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    _add_progress_argument(radiomics)
+
+    robustness = commands.add_parser(
+        "radiomics-robustness",
+        help="feature reproducibility: ICC(2,1), ICC(3,1) and Lin's CCC against a reference condition",
+        description=(
+            "Reads a features.csv with factor columns (from `imaginfo radiomics --manifest`) and writes, per "
+            "feature, ICC(2,1) and ICC(3,1) with 95%% confidence intervals across the conditions, Lin's CCC of each "
+            "condition against the reference, and whether the feature is robust (CCC >= threshold in every one)."
+        ),
+    )
+    robustness.add_argument("features", type=Path, help="tidy features.csv with factor columns")
+    robustness.add_argument("--group-by", type=_names, required=True, help="factor columns, e.g. recon,dose_mgy")
+    robustness.add_argument(
+        "--reference", required=True, help="reference condition, e.g. recon=FBP,dose_mgy=4.0 (one value per column)"
+    )
+    robustness.add_argument(
+        "--ccc-threshold", type=float, default=0.90, help="CCC at or above which a feature is robust (default 0.90)"
+    )
+    robustness.add_argument("--out", type=Path, help="output CSV (default robustness.csv beside the features)")
+    _add_progress_argument(robustness)
     return parser
 
 
@@ -414,6 +474,118 @@ def run_demo(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
         print(line)
     return outputs.exit_code
 
+#: Exit code when some ROIs or cases gave no features (the others were written).
+EXIT_SOME_ROIS_FAILED = 3
+
+
+def _segment_names(text: str | None) -> dict[int, str] | None:
+    if not text:
+        return None
+    names: dict[int, str] = {}
+    for part in text.split(","):
+        label, _, name = part.partition("=")
+        if not label.strip().isdigit() or not name.strip():
+            raise ValueError(f"--segment-names {text!r}: write label=name pairs, e.g. 1=tumour,2=node")
+        names[int(label)] = name.strip()
+    return names
+
+
+def _radiomics_settings(arguments: argparse.Namespace):
+    from ImagInfoExtension.radiomics.settings import settings_from
+
+    settings = settings_from(arguments.preset, arguments.params, arguments.mode)
+    if settings.mode == "pyradiomics":
+        from ImagInfoExtension.radiomics.pyradiomics_mode import pyradiomics_available
+
+        available, message = pyradiomics_available()
+        if not available:
+            raise ValueError(message)
+    return settings
+
+
+def run_radiomics(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.radiomics.run import extract_file, run_ibsi_check, run_manifest
+
+    if arguments.ibsi_check:
+        if arguments.out is None:
+            raise ValueError("--ibsi-check needs --out DIR, the folder for ibsi_compliance.csv")
+        compliance, summary = run_ibsi_check(arguments.out, arguments.ibsi_data, progress=progress)
+        for row in summary.itertuples():
+            print(f"IBSI-1 {row.config:>7} {row.kind:<11} {row.passed}/{row.total}")
+        print(f"wrote {arguments.out / 'ibsi_compliance.csv'}")
+        return 0 if bool(compliance["pass"].all()) else 1
+    settings = _radiomics_settings(arguments)
+    out = arguments.out or Path("features.csv")
+    if arguments.manifest is not None:
+        if arguments.image or arguments.mask:
+            raise ValueError("give IMAGE MASK or --manifest, not both")
+        paths, summary = run_manifest(
+            arguments.manifest,
+            settings,
+            out,
+            per_lesion=arguments.per_lesion,
+            min_lesion_volume_ml=arguments.min_lesion_volume_ml,
+            workers=arguments.workers,
+            scheduler=arguments.scheduler,
+            progress=progress,
+        )
+        for outcome in summary.failed:
+            print(f"failed: {outcome.name}: {outcome.error}")
+        print(f"{len(summary.succeeded)} of {len(summary.outcomes)} case(s) extracted; wrote {paths['features']}")
+        return 0 if not summary.failed and "failures" not in paths else EXIT_SOME_ROIS_FAILED
+    if arguments.image is None or arguments.mask is None:
+        raise ValueError("give IMAGE and MASK, --manifest CSV, or --ibsi-check")
+    result, paths = extract_file(
+        arguments.image,
+        arguments.mask,
+        settings,
+        out,
+        case=arguments.case,
+        segment_names=_segment_names(arguments.segment_names),
+        per_lesion=arguments.per_lesion,
+        min_lesion_volume_ml=arguments.min_lesion_volume_ml,
+        progress=progress,
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    for failure in result.failures:
+        print(f"failed: {failure['error']}")
+    rois = len({(r["segment"], r["lesion"]) for r in result.rows})
+    print(
+        f"{len(result.rows)} values of {rois} ROI(s) ({settings.mode} mode, {settings.name}); wrote {paths['features']}"
+    )
+    return 0 if not result.failures else EXIT_SOME_ROIS_FAILED
+
+
+def _reference_condition(text: str, group_by: Sequence[str]) -> dict[str, str]:
+    reference: dict[str, str] = {}
+    for part in text.split(","):
+        column, _, value = part.partition("=")
+        if not column.strip() or not value.strip():
+            raise ValueError(f"--reference {text!r}: write column=value pairs, e.g. recon=FBP,dose_mgy=4.0")
+        reference[column.strip()] = value.strip()
+    return reference
+
+
+def run_radiomics_robustness(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    import pandas as pd
+
+    from ImagInfoExtension.io import write_atomically
+    from ImagInfoExtension.radiomics.robustness import feature_robustness
+
+    if not arguments.features.is_file():
+        raise ValueError(f"{arguments.features} does not exist")
+    features = pd.read_csv(arguments.features, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+    reference = _reference_condition(arguments.reference, arguments.group_by)
+    table = feature_robustness(features, arguments.group_by, reference, ccc_threshold=arguments.ccc_threshold)
+    out = arguments.out or arguments.features.parent / "robustness.csv"
+    write_atomically(out, lambda p: table.to_csv(p, index=False))
+    robust = int(table["robust"].fillna(False).astype(bool).sum())
+    print(
+        f"{robust} of {len(table)} features robust (CCC >= {arguments.ccc_threshold} in every condition); wrote {out}"
+    )
+    return 0
+
 
 def _runner(command: str) -> Callable[[argparse.Namespace, ProgressCallback], int]:
     return {
@@ -423,6 +595,8 @@ def _runner(command: str) -> Callable[[argparse.Namespace, ProgressCallback], in
         "vessels": run_vessels,
         "compare": run_compare,
         "study": run_study,
+        "radiomics": run_radiomics,
+        "radiomics-robustness": run_radiomics_robustness,
     }[command]
 
 

@@ -362,7 +362,7 @@ def extract_features(
     per_lesion: bool = False,
     min_lesion_volume_ml: float = 0.0,
     connectivity: int = 26,
-    progress: Callable[[float, str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> RadiomicsResult:
     """Features of every segment (or lesion) of a label map.
 
@@ -384,7 +384,8 @@ def extract_features(
         Split each segment into connected components (``connectivity``), dropping
         those below ``min_volume_ml``; one row group per lesion.
     progress : callable, optional
-        ``progress(fraction, message)`` after each ROI.
+        ``progress(done, total, message)`` after each segment; it may raise
+        :class:`~ImagInfoExtension.progress.Cancelled`.
 
     Returns
     -------
@@ -458,7 +459,7 @@ def extract_features(
             except (RadiomicsInputError, ValueError) as error:
                 result.failures.append({**identity, "error": f"{where}: {error}"})
         if progress is not None:
-            progress(number / len(chosen), f"segment {name}: {number} of {len(chosen)}")
+            progress(number, len(chosen), f"segment {name}")
     result.timings_s = timings
     result.provenance = {
         **engine_description(settings),

@@ -93,7 +93,7 @@ def extract_file(
     segment_names: dict[int, str] | None = None,
     per_lesion: bool = False,
     min_lesion_volume_ml: float = 0.0,
-    progress: Callable[[float, str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ):
     """Extract the features of one image and label map and write the outputs.
 
