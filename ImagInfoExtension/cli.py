@@ -195,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--reference", help="reference reconstruction for the iso-metric dose (default FBP)")
     compare.add_argument("--reference-dose", type=float, help="its dose (mGy; default the highest)")
     compare.add_argument(
+        "--radiomics",
+        metavar="PRESET",
+        help="add radiomics features (IBSI engine, this preset, e.g. ct) and the report's feature-robustness section",
+    )
+    compare.add_argument(
+        "--radiomics-segments",
+        type=_names,
+        help="segments for --radiomics: classes (the truth's radius classes), pmma (the holder wall); default both",
+    )
+    compare.add_argument(
         "--parameters",
         type=Path,
         help="JSON object of comparison settings (ComparisonParameters fields); the flags above override it",
@@ -448,6 +458,13 @@ def run_compare(arguments: argparse.Namespace, progress: ProgressCallback) -> in
         "reference_recon": arguments.reference,
         "reference_dose_mgy": arguments.reference_dose,
     }
+    if arguments.radiomics or arguments.radiomics_segments:
+        radiomics = dict(settings.get("radiomics") or {})
+        if arguments.radiomics:
+            radiomics["preset"] = arguments.radiomics
+        if arguments.radiomics_segments:
+            radiomics["segments"] = arguments.radiomics_segments
+        flags["radiomics"] = radiomics
     parameters = ComparisonParameters(**{**settings, **{k: v for k, v in flags.items() if v is not None}})
     if arguments.noise_roi is not None and not arguments.noise_roi.exists():
         raise FileNotFoundError(f"--noise-roi {arguments.noise_roi} does not exist; give a label map or mask file")
@@ -473,6 +490,7 @@ def run_demo(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
     for line in outputs.describe():
         print(line)
     return outputs.exit_code
+
 
 #: Exit code when some ROIs or cases gave no features (the others were written).
 EXIT_SOME_ROIS_FAILED = 3

@@ -97,7 +97,7 @@ def compare_study(
     out_dir = Path(out_dir)
     run = run_study(
         study,
-        DOSE_PLUGINS,
+        parameters.plugins,
         out_dir,
         parameters.plugin_settings(),
         truth=truth,

@@ -36,6 +36,10 @@ class ComparisonParameters:
         The metric matched for the iso-metric dose.
     test : {'welch', 'kruskal'}
         Test of differences between reconstructions at each dose and radius.
+    radiomics : dict, optional
+        Add the radiomics plugin with these settings (preset, segments, families,
+        features; :class:`~ImagInfoExtension.radiomics.plugin.RadiomicsPlugin`), and the
+        report's feature-robustness section.
     alpha : float
     """
 
@@ -49,6 +53,7 @@ class ComparisonParameters:
     iso_metric: str = "noise_sd_hu"
     test: str = "welch"
     alpha: float = 0.05
+    radiomics: dict | None = None
 
     def __post_init__(self) -> None:
         if self.radius_mm <= 0:
@@ -58,9 +63,15 @@ class ComparisonParameters:
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must lie between 0 and 1, got {self.alpha}")
 
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """The measurement plugins a dose comparison runs, in order."""
+        return ("vessels", "image_quality") + (("radiomics",) if self.radiomics is not None else ())
+
     def plugin_settings(self) -> dict[str, dict]:
         """The settings of the measurement plugins a dose comparison runs (the statistics' are not among them)."""
-        return {
+        extra = {"radiomics": dict(self.radiomics)} if self.radiomics is not None else {}
+        return extra | {
             "vessels": dict(self.vessels),
             "image_quality": {
                 "radius_mm": self.radius_mm,

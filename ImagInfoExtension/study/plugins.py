@@ -33,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 BUILTIN_PLUGINS = {
     "vessels": "ImagInfoExtension.study.measurements:VesselPlugin",
     "image_quality": "ImagInfoExtension.study.measurements:ImageQualityPlugin",
+    "radiomics": "ImagInfoExtension.radiomics.plugin:RadiomicsPlugin",
 }
 
 
