@@ -383,10 +383,12 @@ def gldzm_features(
     n_levels : int
         Number of grey levels of the discretisation (>= 1).
     morph_mask : ndarray of bool, shape (z, y, x), optional
-        Morphological mask of the ROI, from which the distance map is computed, as IBSI-1
-        prescribes and as the reference values of configurations D and E (where
-        resegmentation punches holes in the intensity mask) confirm. It must contain
-        ``int_mask``. Defaults to ``int_mask``.
+        Morphological mask of the ROI, from which the distance map is computed: the
+        IBSI-1 reference values of configurations A, B, D and E, where resegmentation
+        punches holes in the intensity mask, match only with distances to the edge of the
+        morphological mask (those to the holes miss by up to 60 %). It must contain
+        ``int_mask``. Defaults to ``int_mask``, which is right only when no
+        resegmentation removed voxels.
     dimensions : sequence of {"2D", "2_5D", "3D"}
         Spatial variants to compute, as for :func:`glszm_features`.
 
