@@ -160,8 +160,11 @@ def prepare_roi(
         block = [
             _index_range(c, low - 1.0, high + 1.0) for c, (low, high) in zip(coords, roi_box)
         ]  # fmt: skip
-        fraction = _sample(roi.astype(np.float64), [c[b] for c, b in zip(coords, block)], 1)
-        morph_block = np.round(fraction, _FRACTION_DECIMALS) >= settings.mask_threshold
+        if all(b.stop > b.start for b in block):
+            fraction = _sample(roi.astype(np.float64), [c[b] for c, b in zip(coords, block)], 1)
+            morph_block = np.round(fraction, _FRACTION_DECIMALS) >= settings.mask_threshold
+        else:
+            morph_block = np.zeros(0, dtype=bool)
         if not morph_block.any():
             raise ValueError(
                 f"the ROI ({int(roi.sum())} voxels) vanishes when resampled to "
