@@ -158,7 +158,8 @@ def ibsi_feature_values(
             n_bins=settings.ivh_n_bins,
             range_min=range_min,
             range_max=range_max,
-            is_discrete=settings.round_intensities or settings.modality == "other",
+            # CT in HU is integer (IBSI rounds it on loading), as are the phantom's grey levels.
+            is_discrete=settings.round_intensities or settings.modality in ("CT", "other"),
         ),
         "cm": lambda: cooccurrence.glcm_features(
             levels, mask, n_levels, distance=settings.glcm_distance, aggregations=aggregations
