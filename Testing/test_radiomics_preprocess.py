@@ -329,3 +329,21 @@ def test_unusable_masks_and_images_are_refused(small_case):
         prepare_roi(image, mask, settings.with_changes(resegment_range=(5000.0, None)))
     with pytest.raises(ValueError, match="vanishes"):
         prepare_roi(image, _mask_like(image, np.s_[5, 6, 7]), settings.with_changes(resampled_spacing_mm=(4, 4, 4)))
+
+
+@pytest.mark.parametrize("interpolator", ["linear", "bspline"])
+def test_slab_by_slab_diagnostics_equal_the_whole_image(small_case, monkeypatch, interpolator):
+    from ImagInfoExtension.radiomics import preprocess
+
+    image, mask = small_case
+    settings = RadiomicsSettings(
+        resampled_spacing_mm=(0.8, 1.5, 1.5), interpolator=interpolator, round_intensities=True, modality="CT"
+    )
+    whole = prepare_roi(image, mask, settings)
+    monkeypatch.setattr(preprocess, "_SLAB_VOXELS", 50)  # one row of the new grid per slab
+    slabs = prepare_roi(image, mask, settings)
+    assert np.array_equal(whole.intensity, slabs.intensity) and np.array_equal(whole.levels, slabs.levels)
+    assert whole.diagnostics == pytest.approx(slabs.diagnostics, rel=1e-12)
+    skipped = prepare_roi(image, mask, settings, whole_image_diagnostics=False)
+    assert math.isnan(skipped.diagnostics["mean_int_interp_img"])
+    assert skipped.diagnostics["int_mask_mean_int_reseg_roi"] == whole.diagnostics["int_mask_mean_int_reseg_roi"]
