@@ -157,9 +157,7 @@ def prepare_roi(
     roi_box = _bounding_box(roi)
     if resampled:
         # Only new voxels within one original voxel of the ROI's box can reach the threshold.
-        block = [
-            _index_range(c, low - 1.0, high + 1.0) for c, (low, high) in zip(coords, roi_box)
-        ]  # fmt: skip
+        block = [_index_range(c, low - 1.0, high + 1.0) for c, (low, high) in zip(coords, roi_box)]
         if all(b.stop > b.start for b in block):
             fraction = _sample(roi, [c[b] for c, b in zip(coords, block)], 1)
             morph_block = np.round(fraction, _FRACTION_DECIMALS) >= settings.mask_threshold
