@@ -160,11 +160,31 @@ def sitk_from_volume_node(volume_node: Any) -> sitk.Image:
     if image_data is None:
         raise ValueError(f"{volume_node.GetName()} has no voxel data")
     array = image_data_to_array(image_data, volume_node.GetName())
-    ijk_to_ras = vtk_module().vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(ijk_to_ras)
-    matrix = world_matrix(volume_node) @ matrix_to_numpy(ijk_to_ras)
-    grid = grid_from_ijk_to_ras(matrix, image_data.GetDimensions())
+    world = world_matrix(volume_node)
+    if np.array_equal(world, np.eye(4)):
+        # Spacing, origin and directions as the node stores them: decomposing the composed
+        # IJK-to-RAS matrix would change the direction cosines in their last bits, enough to
+        # move a resampling grid (pyradiomics' among them) by a voxel.
+        grid = grid_from_volume_node(volume_node, image_data.GetDimensions())
+    else:
+        ijk_to_ras = vtk_module().vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(ijk_to_ras)
+        grid = grid_from_ijk_to_ras(world @ matrix_to_numpy(ijk_to_ras), image_data.GetDimensions())
     return grid.to_sitk(array)
+
+
+def grid_from_volume_node(volume_node: Any, size_ijk: Sequence[int]) -> ImageGrid:
+    """The LPS grid of an untransformed volume node, bit for bit as the node stores it."""
+    directions = vtk_module().vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(directions)
+    ras_directions = matrix_to_numpy(directions)[:3, :3]
+    origin = volume_node.GetOrigin()
+    return ImageGrid(
+        size_ijk=tuple(int(s) for s in size_ijk),
+        spacing_mm=tuple(float(s) for s in volume_node.GetSpacing()),
+        origin_mm=(-float(origin[0]), -float(origin[1]), float(origin[2])),
+        direction=tuple(float(d) for d in (LPS_TO_RAS[:3, :3] @ ras_directions).ravel()),
+    )
 
 
 def volume_node_from_sitk(
@@ -207,7 +227,13 @@ def volume_node_from_sitk(
         node = slicer.vtkMRMLLabelMapVolumeNode() if label_map else slicer.vtkMRMLScalarVolumeNode()
         node.SetName(name)
         scene.AddNode(node)
-    node.SetIJKToRASMatrix(numpy_to_matrix(ijk_to_ras_from_grid(grid)))
+    # Spacing, origin and directions are set one by one, so that they are stored exactly
+    # (negating an LPS axis into RAS is exact; composing and decomposing a matrix is not).
+    ras_directions = np.eye(4)
+    ras_directions[:3, :3] = LPS_TO_RAS[:3, :3] @ grid.direction_matrix
+    node.SetIJKToRASDirectionMatrix(numpy_to_matrix(ras_directions))
+    node.SetSpacing(*grid.spacing_mm)
+    node.SetOrigin(-grid.origin_mm[0], -grid.origin_mm[1], grid.origin_mm[2])
     node.SetAndObserveImageData(image_data)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
