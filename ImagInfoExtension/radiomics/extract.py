@@ -296,7 +296,8 @@ def _roi_rows(
         if settings.mode == "pyradiomics":
             break
         start = time.perf_counter()
-        roi = prepare_roi(typed_image, mask_image, typed_settings)
+        # The whole-image diagnostics are for the IBSI check; on a full CT they cost seconds.
+        roi = prepare_roi(typed_image, mask_image, typed_settings, whole_image_diagnostics=False)
         timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - start
         if int(np.count_nonzero(roi.int_mask)) < MIN_ROI_VOXELS:
             raise RadiomicsInputError(
