@@ -31,13 +31,28 @@ every setting they apply to (254 of 257 comparisons); the three that fail are
 firstorder Kurtosis (pyradiomics reports the non-excess kurtosis) and shape
 MinorAxisLength and LeastAxisLength (population instead of sample covariance).
 
+The CT check (configurations A-E, by hand; the test repeats B and D): pyradiomics is
+given the ROI that ImagInfo's IBSI chain prepares (``prepare_roi`` with the presets
+``ibsi-A`` ... ``ibsi-E``): the intensities in the morphological mask for shape, in the
+intensity mask for the firstorder statistics, and the discretised levels with
+``binWidth: 1`` for Entropy, Uniformity and texture; ``force2D`` for A and B (the
+``_2_5D`` tags), 3D for C-E, each with and without ``no_weighting``. Reference tags
+passed: A 143/144, B 142/144, C 110/144, D 143/144, E 143/144; 80 of the 105 features
+pass in all five. Besides Kurtosis (every configuration): NGTDM Contrast fails B, where 19
+voxels have no in-slice neighbour in the ROI (pyradiomics counts them, IBSI does not);
+in C the ROI's lowest grey level is 3 (the bins of 25 HU start at the re-segmentation
+bound, -1000 HU, and the ROI's lowest intensity lies in the third), pyradiomics' binning
+relabels it 1, and the 23
+features weighted by the grey level itself (JointAverage, SumAverage, Autocorrelation,
+Idn, the low/high grey level emphases, Busyness) fail: the binWidth condition below.
+
 This module imports nothing beyond the standard library.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 #: ``phantom`` values of :class:`PyradiomicsName`.
@@ -91,8 +106,10 @@ CLASS_CONDITIONS: dict[str, str] = {
         "pyradiomics default 0) and distances [1]: _3D; force2D (force2Ddimension 0): _2_5D"
     ),
     "ngtdm": (
-        f"{_PREPROCESSED}; {_DISCRETISED}; distances [1]: _3D; force2D (force2Ddimension 0): _2_5D; voxels with no "
-        "neighbour in the ROI are left out, as in IBSI"
+        f"{_PREPROCESSED}; {_DISCRETISED}; distances [1]: _3D; force2D (force2Ddimension 0): _2_5D; every ROI voxel "
+        "has a neighbour in the ROI (in its slice with force2D): pyradiomics counts a voxel without one in p_i and "
+        "N_v (with no grey tone difference), IBSI leaves it out (IBSI configuration B: 19 such voxels of 27 359 move "
+        "Contrast by 0.8 %, the others by under 0.1 %)"
     ),
 }
 
@@ -119,6 +136,10 @@ class PyradiomicsName:
         (pyradiomics 3.0.1 computes none: a deprecated feature) or ``"unmapped"``.
     deprecated : bool
         pyradiomics marks it deprecated (computed only when named in ``featureClass``).
+    ct : str
+        On the IBSI CT phantom, configurations A-E: ``"pass"`` (every configuration),
+        ``"fails B"``, ``"fails C"``, ``"fails A, B, C, D, E"``, ``"no value"`` or
+        ``"unmapped"``.
     """
 
     feature_class: str
@@ -127,6 +148,7 @@ class PyradiomicsName:
     note: str = ""
     phantom: str = PHANTOM_PASS
     deprecated: bool = False
+    ct: str = ""
 
     @property
     def equal_when(self) -> str:
@@ -372,6 +394,42 @@ PYRADIOMICS_NAMES: tuple[PyradiomicsName, ...] = (
     ),
 )
 
+#: Mapped features that fail some IBSI configurations A-E (why: the module docstring); the others pass all five.
+_CT_FAILURES: dict[tuple[str, str], str] = {
+    ("firstorder", "Kurtosis"): "A, B, C, D, E",
+    ("ngtdm", "Contrast"): "B",
+    **{
+        (feature_class, feature): "C"
+        for feature_class, features in {
+            "glcm": ("Autocorrelation", "Idn", "JointAverage", "SumAverage"),
+            "glrlm": (
+                "HighGrayLevelRunEmphasis", "LongRunHighGrayLevelEmphasis", "LongRunLowGrayLevelEmphasis",
+                "LowGrayLevelRunEmphasis", "ShortRunHighGrayLevelEmphasis", "ShortRunLowGrayLevelEmphasis",
+            ),
+            "glszm": (
+                "HighGrayLevelZoneEmphasis", "LargeAreaHighGrayLevelEmphasis", "LargeAreaLowGrayLevelEmphasis",
+                "LowGrayLevelZoneEmphasis", "SmallAreaHighGrayLevelEmphasis", "SmallAreaLowGrayLevelEmphasis",
+            ),
+            "gldm": (
+                "HighGrayLevelEmphasis", "LargeDependenceHighGrayLevelEmphasis", "LargeDependenceLowGrayLevelEmphasis",
+                "LowGrayLevelEmphasis", "SmallDependenceHighGrayLevelEmphasis", "SmallDependenceLowGrayLevelEmphasis",
+            ),
+            "ngtdm": ("Busyness",),
+        }.items()
+        for feature in features
+    },
+}  # fmt: skip
+
+
+def _ct_outcome(row: PyradiomicsName) -> str:
+    if row.phantom in (PHANTOM_UNMAPPED, PHANTOM_NO_VALUE):
+        return row.phantom
+    failed = _CT_FAILURES.get((row.feature_class, row.feature))
+    return f"fails {failed}" if failed else PHANTOM_PASS
+
+
+PYRADIOMICS_NAMES = tuple(replace(row, ct=_ct_outcome(row)) for row in PYRADIOMICS_NAMES)
+
 _BY_NAME: dict[tuple[str, str], PyradiomicsName] = {(r.feature_class, r.feature): r for r in PYRADIOMICS_NAMES}
 FEATURE_CLASSES = tuple(dict.fromkeys(r.feature_class for r in PYRADIOMICS_NAMES))
 
@@ -468,7 +526,8 @@ def pyradiomics_table() -> list[dict[str, Any]]:
 
     Each row: ``feature_class``, ``feature``, ``ibsi_tag`` (the 3D tag, with ``_avg``
     for GLCM and GLRLM; None where IBSI-1 has no such feature), ``ibsi_tag_force2d``
-    (the tag with ``force2D``), ``equal_when``, ``phantom`` and ``deprecated``.
+    (the tag with ``force2D``), ``equal_when``, ``phantom`` (digital phantom), ``ct``
+    (CT configurations A-E) and ``deprecated``.
     """
     return [
         {
@@ -478,6 +537,7 @@ def pyradiomics_table() -> list[dict[str, Any]]:
             "ibsi_tag_force2d": ibsi_tag(row.feature_class, row.feature, force2d=True),
             "equal_when": row.equal_when,
             "phantom": row.phantom,
+            "ct": row.ct,
             "deprecated": row.deprecated,
         }
         for row in PYRADIOMICS_NAMES
