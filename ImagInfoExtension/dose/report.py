@@ -245,6 +245,67 @@ def write_plots(result: ComparisonResult, out_dir: Path, long: pd.DataFrame | No
     return paths
 
 
+#: Lin's CCC at or above which a radiomics feature counts as robust in the report.
+ROBUST_CCC = 0.90
+
+
+def radiomics_robustness(result: ComparisonResult, long: pd.DataFrame) -> dict | None:
+    """Which radiomics features of the phantom's segments stay robust across dose and reconstruction.
+
+    Objects are the segments (radius classes and the PMMA wall), conditions the
+    reconstruction × dose pairs (repetitions averaged), and the reference the
+    comparison's reference reconstruction at its reference dose (default the highest).
+
+    Returns
+    -------
+    dict or None
+        ``summary`` (one row per feature: ICC(2,1), ICC(3,1) with CIs, worst CCC,
+        robust), ``ccc`` (one row per feature and condition), ``reference`` (dict);
+        None when the study has no radiomics rows. A study that cannot be assessed
+        (e.g. one reconstruction at one dose) gives ``reason`` instead.
+    """
+    from ImagInfoExtension.radiomics.plugin import robustness_input
+    from ImagInfoExtension.radiomics.robustness import feature_ccc, feature_robustness
+
+    factors = [f for f in ("recon", "dose_mgy", "repetition") if f in long.columns]
+    tidy = robustness_input(long, factors)
+    if tidy.empty:
+        return None
+    parameters = result.parameters
+    reference = {
+        "recon": parameters.reference_recon,
+        "dose_mgy": parameters.reference_dose_mgy or float(tidy["dose_mgy"].max()),
+    }
+    try:
+        summary = feature_robustness(tidy, ["recon", "dose_mgy"], reference, ccc_threshold=ROBUST_CCC)
+        ccc = feature_ccc(tidy, ["recon", "dose_mgy"], reference)
+    except ValueError as error:
+        return {"reason": str(error), "reference": reference}
+    return {"summary": summary, "ccc": ccc, "reference": reference}
+
+
+def figure_feature_robustness(robustness: dict):
+    """Heat map of Lin's CCC against the reference condition: a row per feature, a column per condition."""
+    plt = _pyplot()
+    ccc = robustness["ccc"]
+    if ccc.empty:
+        return None
+    table = ccc.pivot_table(index="feature", columns="condition", values="ccc", aggfunc="first", sort=False)
+    order = robustness["summary"].set_index("feature")["ccc_min"].reindex(table.index)
+    table = table.loc[order.sort_values(ascending=False, na_position="last").index]
+    height = max(3.0, 0.16 * len(table) + 1.5)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * table.shape[1] + 3.5), height))
+    image = ax.imshow(table.to_numpy(dtype=float), aspect="auto", cmap="RdYlGn", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(table)), [str(i) for i in table.index], fontsize=6)
+    reference = robustness["reference"]
+    ax.set_title(f"Lin's CCC against {reference['recon']} at {reference['dose_mgy']:g} mGy", fontsize=9)
+    bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    bar.ax.axhline(ROBUST_CCC, color="k", linewidth=1)
+    bar.set_label(f"CCC (robust ≥ {ROBUST_CCC:g})", fontsize=8)
+    return fig
+
+
 PLOT_CAPTIONS = {
     "metrics_vs_dose": "Tabulated metrics against CTDIvol (mean ± SD over repetitions).",
     "nps_curves": "Noise power spectra, mean over repetitions.",
@@ -362,6 +423,38 @@ _STYLE = (
 )
 
 
+def _robustness_html(robustness: dict, plots: dict[str, Path]) -> str:
+    reference = robustness["reference"]
+    where = f"{html.escape(str(reference['recon']))} at {reference['dose_mgy']:g} mGy"
+    heading = "<h2 id='radiomics'>Radiomics feature robustness</h2>"
+    if "reason" in robustness:
+        return heading + f"<p>Not assessed: {html.escape(robustness['reason'])}</p>"
+    summary = robustness["summary"]
+    robust = summary[summary["robust"].astype(bool)]
+    assessed = summary[summary["reason"].fillna("") == ""]
+    names = ", ".join(f"<code>{html.escape(str(tag))}</code>" for tag in robust["feature"])
+    left = len(summary) - len(assessed)
+    unassessed = f" ({left} could not be assessed, see the table)" if left else ""
+    columns = ["feature", "icc21", "icc21_low", "icc21_high", "icc31", "ccc_min", "ccc_min_condition", "robust"]
+    text = (
+        heading + f"<p>IBSI features of the phantom's segments (the radius classes of the truth and the holder's PMMA "
+        f"wall), each condition (reconstruction × dose, repetitions averaged) against {where}. A feature is "
+        f"robust when Lin's CCC is at least {ROBUST_CCC:g} in every condition; ICC(2,1) is the absolute "
+        f"agreement across all conditions. <b>{len(robust)} of {len(assessed)} assessed features stay robust"
+        f"</b>{unassessed}{': ' + names if names else ''}.</p>"
+    )
+    if "feature_robustness_png" in plots:
+        text += _embed(plots["feature_robustness_png"], f"Lin's CCC of each feature against {where}.")
+    table = summary[columns].sort_values("ccc_min", ascending=False).round(3)
+    return (
+        text
+        + "<details><summary>Every feature's ICC and worst CCC</summary>"
+        + _table_html(table)
+        + "</details><p><a href='radiomics_robustness.csv'>radiomics_robustness.csv</a>, "
+        "<a href='radiomics_ccc.csv'>radiomics_ccc.csv</a></p>"
+    )
+
+
 def write_report(
     result: ComparisonResult,
     study: pd.DataFrame,
@@ -369,8 +462,9 @@ def write_report(
     out_dir: Path,
     source: dict,
     virtual: bool,
+    robustness: dict | None = None,
 ) -> Path:
-    """``report.html``: key findings, tables, plots, statistics and provenance; images embedded."""
+    """``report.html``: findings, tables, plots, radiomics robustness, statistics, provenance; images embedded."""
     parameters = result.parameters
     factors = result.factors
     parts = [
@@ -418,6 +512,8 @@ def write_report(
     for name, caption in PLOT_CAPTIONS.items():
         if f"{name}_png" in plots:
             parts.append(_embed(plots[f"{name}_png"], caption))
+    if robustness is not None:
+        parts.append(_robustness_html(robustness, plots))
     stats = result.statistics
     differences = stats["differences"]
     if not differences.empty and "p_value" in differences.columns:
@@ -479,6 +575,16 @@ def write_comparison_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_table_files(result, out_dir)
     plots = write_plots(result, out_dir, long)
+    robustness = radiomics_robustness(result, result.long if long is None else long)
+    if robustness is not None and "summary" in robustness:
+        for name in ("summary", "ccc"):
+            path = out_dir / ("radiomics_robustness.csv" if name == "summary" else "radiomics_ccc.csv")
+            write_atomically(path, lambda p, t=robustness[name]: t.to_csv(p, index=False))
+            files[f"radiomics_{name}"] = path
+        figure = figure_feature_robustness(robustness)
+        if figure is not None:
+            plots.update(_save(figure, out_dir, "feature_robustness"))
+            _pyplot().close(figure)
     files.update(plots)
     batch = result.batch
     source = provenance_document(
@@ -506,5 +612,5 @@ def write_comparison_outputs(
     path = out_dir / "provenance.json"
     write_atomically(path, lambda p: p.write_text(json.dumps(source, indent=1, default=json_default)))
     files["provenance"] = path
-    files["report"] = write_report(result, study, plots, out_dir, source, virtual)
+    files["report"] = write_report(result, study, plots, out_dir, source, virtual, robustness)
     return files

@@ -27,6 +27,7 @@ DEFAULT_SETTINGS = {
     "radii_mm": None,
     "families": ["stat", "ih", "cm", "rlm", "szm", "ngt", "ngl"],
     "features": None,
+    "pmma_slab_mm": 20.0,
 }
 
 
@@ -52,6 +53,9 @@ class RadiomicsPlugin:
         mask they do not change with dose).
     features : list of str, optional
         Only these IBSI tags.
+    pmma_slab_mm : float
+        The PMMA wall is taken in an axial slab this thick around the image's centre
+        (the whole wall holds millions of voxels and adds nothing a slab does not).
     """
 
     name = "radiomics"
@@ -72,6 +76,8 @@ class RadiomicsPlugin:
         bad = [f for f in settings["families"] if f not in FAMILIES]
         if bad:
             raise ValueError(f"radiomics plugin: families {bad}; use some of {', '.join(FAMILIES)}")
+        if not float(settings["pmma_slab_mm"]) > 0:
+            raise ValueError("radiomics plugin: pmma_slab_mm must be > 0 (mm)")
         settings["segments"] = list(settings["segments"])
         settings["families"] = list(settings["families"])
         return settings
@@ -123,6 +129,10 @@ class RadiomicsPlugin:
         if "pmma" in settings["segments"]:
             spacing_kji = np.asarray(series.image.GetSpacing()[::-1])
             wall = find_holder_wall(sitk.GetArrayViewFromImage(series.image), spacing_kji)
+            half_slab = int(round(settings["pmma_slab_mm"] / 2 / spacing_kji[0]))
+            centre = wall.shape[0] // 2
+            wall[: max(0, centre - half_slab)] = False
+            wall[centre + half_slab + 1 :] = False
             if not wall.any():
                 raise ValueError("no PMMA holder wall found in this series; choose segments: [classes]")
             label = int(array.max()) + 1 if names else 1

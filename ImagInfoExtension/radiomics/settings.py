@@ -393,7 +393,10 @@ def settings_from_pyradiomics(
     In ``mode="pyradiomics"`` the document is kept as it is and pyradiomics runs it.
     In ``mode="ibsi"`` its image processing is translated to the IBSI chain; keys with
     no IBSI counterpart (``normalize``, ``voxelArrayShift``, …) are refused with the
-    reason, so that nothing is silently dropped.
+    reason, so that nothing is silently dropped. IBSI's choices then apply where
+    pyradiomics differs: fixed bins count from the resegmentation range's lower bound
+    (pyradiomics starts at a multiple of ``binWidth`` below the ROI minimum), and
+    ``force2D`` becomes 2.5D texture (in-plane matrices merged over slices).
     """
     check_pyradiomics_document(document, source)
     setting = dict(document.get("setting") or {})
@@ -432,7 +435,8 @@ def settings_from_pyradiomics(
     if setting.get("force2D"):
         if int(setting.get("force2Ddimension", 0)) != 0:
             raise _fail(source, "force2Ddimension other than 0 (axial) is not supported in IBSI mode")
-        values["texture_dimensions"] = ("2D",)
+        # pyradiomics' force2D merges the in-plane matrices over slices: IBSI's 2.5D.
+        values["texture_dimensions"] = ("2_5D",)
     distances = setting.get("distances") or [1]
     if len(distances) != 1:
         raise _fail(source, f"distances {distances}: IBSI mode computes one distance; give one, e.g. [1]")
