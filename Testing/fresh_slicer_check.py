@@ -103,6 +103,23 @@ def _fill_inputs(name: str, slicer, parameters) -> None:
             table.AddColumn(array)
         parameters.studyTable = table
         parameters.outputFolder = Path("/tmp/imaginfo-fresh-slicer-out")
+    elif name == "ImagInfoRadiomics":
+        image = vtk.vtkImageData()
+        image.SetDimensions(8, 8, 8)
+        image.AllocateScalars(vtk.VTK_SHORT, 1)
+        volume = slicer.vtkMRMLScalarVolumeNode()
+        volume.SetAndObserveImageData(image)
+        slicer.mrmlScene.AddNode(volume)
+        mask = slicer.vtkOrientedImageData()
+        mask.SetDimensions(8, 8, 8)
+        mask.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        segment = slicer.vtkSegment()
+        segment.SetName("tumour")
+        segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), mask)
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "tumour segmentation")
+        segmentation.GetSegmentation().AddSegment(segment, "tumour")
+        parameters.inputVolume = volume
+        parameters.inputSegmentation = segmentation
 
 
 def main() -> dict:
@@ -132,6 +149,8 @@ def main() -> dict:
         for name, module in modules.items():
             entry = report["modules"][name]
             slicer_harness.EVENTS.clear()
+            # Each panel opens on an empty scene, as a new user's would: no earlier module's inputs.
+            slicer.mrmlScene.Clear(0)
             try:
                 widget = getattr(module, f"{name}Widget")()
                 widget.setup()
