@@ -259,6 +259,8 @@ def _image_types(image: sitk.Image, settings: RadiomicsSettings):
     from ImagInfoExtension.radiomics import filters
 
     derived_settings = settings.with_changes(
+        # A response map is neither HU nor grey levels: never rounded.
+        modality="filtered",
         round_intensities=False,
         resegment_range=None,
         resegment_outlier_sigma=None,

@@ -30,17 +30,45 @@ WAVELET_LOW_PASS = {
 }
 
 
+def gaussian_kernels(sigma_voxels: float, truncate: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """A sampled Gaussian and its second derivative, truncated at ``truncate`` σ.
+
+    The smoothing kernel sums to 1. The second-derivative kernel is corrected so that
+    it sums to 0 and its second moment is exactly 2: it then gives 0 on constants and
+    lines and exactly 2 on a parabola, which a merely sampled derivative does not (off
+    by 2-5 % at σ of a few voxels, and varying with position).
+    """
+    radius = max(1, int(np.ceil(truncate * sigma_voxels)))
+    offsets = np.arange(-radius, radius + 1, dtype=float)
+    smooth = np.exp(-0.5 * (offsets / sigma_voxels) ** 2)
+    smooth /= smooth.sum()
+    second = smooth * (offsets**2 - sigma_voxels**2) / sigma_voxels**4
+    second -= second.sum() * smooth
+    second *= 2.0 / float((offsets**2 * second).sum())
+    return smooth, second
+
+
 def log_filter(image: sitk.Image, sigma_mm: float) -> sitk.Image:
     """Laplacian of Gaussian of width ``sigma_mm`` (mm), scale-normalised by σ².
 
     The Gaussian's width is given in mm and converted per axis with the spacing, so
-    anisotropic voxels get an isotropic filter. Borders are mirrored.
+    anisotropic voxels get an isotropic filter, and each axis's second derivative is
+    taken in mm. Separable kernels truncated at 4σ (:func:`gaussian_kernels`); borders
+    are mirrored.
     """
     if not sigma_mm > 0:
         raise ValueError(f"LoG sigma {sigma_mm} mm must be > 0")
     array = sitk.GetArrayFromImage(image).astype(np.float64)
-    sigma_voxels = [sigma_mm / s for s in image.GetSpacing()[::-1]]
-    response = ndimage.gaussian_laplace(array, sigma=sigma_voxels, mode="mirror") * sigma_mm**2
+    spacing_kji = image.GetSpacing()[::-1]
+    kernels = [gaussian_kernels(sigma_mm / s) for s in spacing_kji]
+    response = np.zeros_like(array)
+    for axis, spacing in enumerate(spacing_kji):
+        term = array
+        for other, (smooth, second) in enumerate(kernels):
+            term = ndimage.correlate1d(term, second if other == axis else smooth, axis=other, mode="mirror")
+        # The second derivative along an axis in voxels is spacing² times the one in mm.
+        response += term / spacing**2
+    response *= sigma_mm**2
     filtered = sitk.GetImageFromArray(response)
     filtered.CopyInformation(image)
     return filtered

@@ -98,7 +98,9 @@ class RadiomicsSettings:
     image_types : dict
         ``{"Original": {}, "LoG": {"sigma_mm": [1.0, 3.0]}, "Wavelet": {}}``.
     modality : str
-        "CT", "MR", "PET" or "other": for units and defaults only.
+        "CT" (cast to float and rounded to HU before processing, as IBSI does), "MR",
+        "PET", "other" (e.g. the IBSI phantom's grey levels) or "filtered" (a filter's
+        response map).
     pyradiomics_parameters : dict or None
         The pyradiomics parameter document (compatible mode).
     """
