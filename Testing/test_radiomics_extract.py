@@ -177,6 +177,12 @@ def test_parameter_files_name_their_bad_keys_and_values(tmp_path):
         (1.0, 1.0, 1.0),
         (-100.0, 200.0),
     )
+    pyrad.write_text(
+        json.dumps({"setting": {"binCount": 16, "force2D": True}, "featureClass": {"glcm": [], "firstorder": []}})
+    )
+    settings = load_parameter_file(pyrad, mode="ibsi")
+    assert settings.families == ("stat", "ih", "cm") and settings.texture_dimensions == ("2_5D",)
+    assert (settings.discretisation, settings.n_bins) == ("fixed_bin_number", 16)
 
 
 def test_command_line_single_case_and_resumable_manifest_with_a_failing_row(tmp_path):

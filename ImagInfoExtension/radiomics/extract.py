@@ -158,8 +158,9 @@ def ibsi_feature_values(
             n_bins=settings.ivh_n_bins,
             range_min=range_min,
             range_max=range_max,
-            # CT in HU is integer (IBSI rounds it on loading), as are the phantom's grey levels.
-            is_discrete=settings.round_intensities or settings.modality in ("CT", "other"),
+            # Integer intensities (CT rounded to HU, the phantom's grey levels) keep their unit
+            # steps; others (interpolated and not rounded, MR, PET) get IBSI's 1000 bins.
+            is_discrete=bool(np.array_equal(values_in_roi, np.round(values_in_roi))),
         ),
         "cm": lambda: cooccurrence.glcm_features(
             levels, mask, n_levels, distance=settings.glcm_distance, aggregations=aggregations

@@ -343,6 +343,17 @@ PYRADIOMICS_IMAGE_TYPES = frozenset(
     {"Original", "LoG", "Wavelet", "Square", "SquareRoot", "Logarithm", "Exponential", "Gradient", "LBP2D", "LBP3D"}
 )
 PYRADIOMICS_CLASSES = frozenset({"firstorder", "shape", "shape2D", "glcm", "glrlm", "glszm", "gldm", "ngtdm"})
+#: The IBSI families that hold each pyradiomics feature class's features.
+PYRADIOMICS_FAMILIES = {
+    "firstorder": ("stat", "ih"),
+    "shape": ("morph",),
+    "shape2D": ("morph",),
+    "glcm": ("cm",),
+    "glrlm": ("rlm",),
+    "glszm": ("szm",),
+    "gldm": ("ngl",),
+    "ngtdm": ("ngt",),
+}
 _PYRADIOMICS_INTERPOLATORS = {
     "sitkLinear": "linear",
     "sitkBSpline": "bspline",
@@ -454,6 +465,9 @@ def settings_from_pyradiomics(
             options = {"sigma_mm": [float(s) for s in options.get("sigma", setting.get("sigma", []))]}
         translated_types[image_type] = options
     values["image_types"] = translated_types
+    classes = document.get("featureClass") or {}
+    if classes:
+        values["families"] = tuple(f for f in FAMILIES if any(f in PYRADIOMICS_FAMILIES[c] for c in classes))
     try:
         return RadiomicsSettings(**values)
     except RadiomicsSettingsError as error:
