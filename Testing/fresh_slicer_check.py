@@ -77,42 +77,45 @@ def _load(module_dir: Path):
     return module
 
 
+def _image(image_class, scalar_type):
+    """An 8 x 8 x 8 image of one component (a volume's voxels, or a segment's binary label map)."""
+    image = image_class()
+    image.SetDimensions(8, 8, 8)
+    image.AllocateScalars(scalar_type, 1)
+    return image
+
+
+def _volume(slicer, vtk):
+    """A CT volume node in the scene, as loading a file gives."""
+    volume = slicer.vtkMRMLScalarVolumeNode()
+    volume.SetAndObserveImageData(_image(vtk.vtkImageData, vtk.VTK_SHORT))
+    slicer.mrmlScene.AddNode(volume)
+    return volume
+
+
 def _fill_inputs(name: str, slicer, parameters) -> None:
     """What the user selects before Apply."""
     import vtk
 
     if name == "ImagInfoVesselPhantom":
-        image = vtk.vtkImageData()
-        image.SetDimensions(8, 8, 8)
-        image.AllocateScalars(vtk.VTK_SHORT, 1)
-        volume = slicer.vtkMRMLScalarVolumeNode()
-        volume.SetAndObserveImageData(image)
-        slicer.mrmlScene.AddNode(volume)
-        parameters.inputVolume = volume
+        parameters.inputVolume = _volume(slicer, vtk)
     elif name == "ImagInfoDoseComparison":
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "study")
-        for column, value in (("path", "/data/FBP_1mGy.nrrd"), ("recon", "FBP")):
-            array = vtk.vtkStringArray()
-            array.SetName(column)
-            array.InsertNextValue(value)
-            table.AddColumn(array)
-        for column, value in (("dose_mgy", 1.0), ("repetition", 1.0)):
-            array = vtk.vtkDoubleArray()
+        for array_class, column, value in (
+            (vtk.vtkStringArray, "path", "/data/FBP_1mGy.nrrd"),
+            (vtk.vtkStringArray, "recon", "FBP"),
+            (vtk.vtkDoubleArray, "dose_mgy", 1.0),
+            (vtk.vtkDoubleArray, "repetition", 1.0),
+        ):
+            array = array_class()
             array.SetName(column)
             array.InsertNextValue(value)
             table.AddColumn(array)
         parameters.studyTable = table
         parameters.outputFolder = Path("/tmp/imaginfo-fresh-slicer-out")
     elif name == "ImagInfoRadiomics":
-        image = vtk.vtkImageData()
-        image.SetDimensions(8, 8, 8)
-        image.AllocateScalars(vtk.VTK_SHORT, 1)
-        volume = slicer.vtkMRMLScalarVolumeNode()
-        volume.SetAndObserveImageData(image)
-        slicer.mrmlScene.AddNode(volume)
-        mask = slicer.vtkOrientedImageData()
-        mask.SetDimensions(8, 8, 8)
-        mask.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        volume = _volume(slicer, vtk)
+        mask = _image(slicer.vtkOrientedImageData, vtk.VTK_UNSIGNED_CHAR)
         segment = slicer.vtkSegment()
         segment.SetName("tumour")
         segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), mask)

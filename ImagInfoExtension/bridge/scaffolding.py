@@ -19,6 +19,9 @@ outputs become nodes. Everything else lives here:
   run rolls back.
 - :class:`ImagInfoModuleTest`: runs every ``test_*`` method on a clean scene.
 
+Helpers for what several modules read from their panels: :func:`optionalPath`,
+:func:`requiredPath` and :func:`parseMillimetres`.
+
 It also re-exports what module files need from Slicer (the parameter-node wrapper
 and validators, the MRML node classes of parameters, translation), so that only the
 bridge imports ``slicer``, ``qt`` or ``vtk``.
@@ -30,8 +33,11 @@ cannot run, and a fresh Slicer must be able to load it before pandas & co. exist
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import re
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +71,8 @@ __all__ = [
     "WithinRange",
     "optionalPath",
     "parameterNodeWrapper",
+    "parseMillimetres",
+    "requiredPath",
     "tr",
     "translate",
     "vtkMRMLMarkupsROINode",
@@ -82,6 +90,30 @@ def optionalPath(path: Any) -> Path | None:
     if path is None or str(path).strip() in ("", "."):
         return None
     return Path(path)
+
+
+def requiredPath(path: Any, message: str) -> Path:
+    """A ``pathlib.Path`` parameter that a run needs: ``ValueError(message)`` when the widget is empty."""
+    chosen = optionalPath(path)
+    if chosen is None:
+        raise ValueError(message)
+    return chosen
+
+
+def parseMillimetres(text: str | None, what: str, example: str) -> list[float]:
+    """``"0.5, 1 2"`` → ``[0.5, 1.0, 2.0]``: positive lengths in mm typed into a text field; empty → ``[]``.
+
+    Commas, spaces and semicolons separate the numbers. The ``ValueError`` names the
+    field (``what``) and shows a valid ``example``, so that it can be the Apply tooltip.
+    """
+    parts = [p for p in re.split(r"[,\s;]+", text or "") if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{what} {text!r} must be numbers in mm separated by commas, e.g. {example}") from None
+    if values and min(values) <= 0:
+        raise ValueError(f"{what} must be positive millimetres, e.g. {example}")
+    return values
 
 
 def processEvents() -> None:
@@ -127,8 +159,9 @@ class ImagInfoModule(ScriptedLoadableModule):
 class ImagInfoModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Slicer's scripted-module widget template, plus running the module's job as a child process.
 
-    A module's widget overrides :meth:`createLogic` and, for buttons of its own,
-    :meth:`setupModule`. Its ``.ui`` has ``applyButton``, ``progressBar`` and
+    The logic is the module's ``<Module>Logic`` class; a module's widget overrides
+    :meth:`setupModule` for buttons of its own (see :meth:`connectAction` and
+    :meth:`connectJob`). Its ``.ui`` has ``applyButton``, ``progressBar`` and
     ``statusLabel``.
     """
 
@@ -151,7 +184,13 @@ class ImagInfoModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # What a module provides -------------------------------------------------------------
 
     def createLogic(self) -> ImagInfoModuleLogic:
-        raise NotImplementedError(f"{type(self).__name__} must create its logic")
+        """A new ``<Module>Logic`` from the widget's own module file, the name Slicer's template gives it."""
+        logicClass = getattr(sys.modules.get(type(self).__module__), f"{self.moduleName}Logic", None)
+        if logicClass is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} must create its logic: no {self.moduleName}Logic beside it"
+            )
+        return logicClass()
 
     def setupModule(self) -> None:
         """Connect the module's own widgets (beyond Apply); the parameter node binds the rest."""
@@ -276,18 +315,28 @@ class ImagInfoModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if status:
                 self.setStatus(status)
 
+    def connectAction(self, button: Any, action: Callable[[], str | None], errorMessage: str) -> None:
+        """Make a button of the module's own run ``action`` as :meth:`runAction` does."""
+        button.connect("clicked(bool)", lambda: self.runAction(action, errorMessage))
+
+    def connectJob(self, button: Any, start: Callable[[Any], Any], errorMessage: str) -> None:
+        """Make a button of the module's own start a job of the logic (``start(parameterNode)``), as Apply does."""
+        self.connectAction(button, lambda: self.startLogicJob(start), errorMessage)
+
+    def startLogicJob(self, start: Callable[[Any], Any]) -> None:
+        """Start a job of the logic (``start(parameterNode)`` returns it) and follow it as Apply's:
+        the logic's ``finishJob`` builds its outputs, ``cancelledDescription`` says what Cancel kept."""
+        self.runJob(
+            start(self._parameterNode),
+            lambda finished: self.logic.finishJob(finished, self._parameterNode),
+            self.logic.cancelledDescription(),
+        )
+
     def onApplyButton(self) -> None:
         if self._job is not None:
             self.cancelJob()
             return
-        self.runAction(
-            lambda: self.runJob(
-                self.logic.startJob(self._parameterNode),
-                lambda finished: self.logic.finishJob(finished, self._parameterNode),
-                self.logic.cancelledDescription(),
-            ),
-            _("Cannot start."),
-        )
+        self.runAction(lambda: self.startLogicJob(self.logic.startJob), _("Cannot start."))
 
     def runJob(self, job: Any, onSucceeded: Callable[[Any], str], cancelledText: str | None = None) -> None:
         """Follow a started child job: progress, Cancel, then ``onSucceeded(job)`` (which returns the status text)."""
@@ -371,6 +420,22 @@ class ImagInfoModuleLogic(ScriptedLoadableModuleLogic):
     @property
     def scene(self) -> Any:
         return slicer.mrmlScene
+
+    def sceneNodes(self, className: str) -> list:
+        """The scene's nodes of a class (subclasses included), in the scene's order."""
+        collection = self.scene.GetNodesByClass(className)
+        try:
+            return [collection.GetItemAsObject(n) for n in range(collection.GetNumberOfItems())]
+        finally:
+            collection.UnRegister(None)
+
+    def sceneVolumes(self) -> list:
+        """The scene's scalar volumes that are images, not label maps."""
+        return [v for v in self.sceneNodes("vtkMRMLScalarVolumeNode") if not v.IsA("vtkMRMLLabelMapVolumeNode")]
+
+    def firstVolume(self) -> Any:
+        """The volume to preselect as a module's input: the scene's first image (not a label map), or None."""
+        return next(iter(self.sceneVolumes()), None)
 
     # What a module provides -------------------------------------------------------------
 
@@ -464,6 +529,19 @@ class ImagInfoModuleLogic(ScriptedLoadableModuleLogic):
         import tempfile
 
         return Path(tempfile.mkdtemp(prefix=f"imaginfo-{self.moduleName}-"))
+
+    @contextlib.contextmanager
+    def startingWorkFolder(self) -> Iterator[Path]:
+        """A :meth:`newWorkFolder` for writing a job's inputs: removed again when starting the job fails
+        (once started, the job owns it)."""
+        import shutil
+
+        folder = self.newWorkFolder()
+        try:
+            yield folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     # Outputs --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from ImagInfoExtension.bridge.scaffolding import (
     WithinRange,
     optionalPath,
     parameterNodeWrapper,
+    requiredPath,
     vtkMRMLMarkupsROINode,
     vtkMRMLSegmentationNode,
     vtkMRMLTableNode,
@@ -99,19 +100,10 @@ class ImagInfoDoseComparisonParameterNode:
 
 
 class ImagInfoDoseComparisonWidget(ImagInfoModuleWidget):
-    def createLogic(self):
-        return ImagInfoDoseComparisonLogic()
-
     def setupModule(self):
-        self.ui.loadStudyButton.connect("clicked(bool)", self.onLoadStudy)
-        self.ui.addSceneVolumesButton.connect("clicked(bool)", self.onAddSceneVolumes)
+        self.connectAction(self.ui.loadStudyButton, self.loadStudy, _("Could not group the series."))
+        self.connectAction(self.ui.addSceneVolumesButton, self.addSceneVolumes, _("Could not add the scene's volumes."))
         self.ui.studyTableSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.studyTableView.setMRMLTableNode)
-
-    def onLoadStudy(self):
-        self.runAction(self.loadStudy, _("Could not group the series."))
-
-    def onAddSceneVolumes(self):
-        self.runAction(self.addSceneVolumes, _("Could not add the scene's volumes."))
 
     def loadStudy(self):
         """A manifest is read here; a DICOM folder is grouped by a child job (it reads every header)."""
@@ -205,19 +197,18 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         from ImagInfoExtension.study.dicom import rules_to_json
         from ImagInfoExtension.study.table import DOSE_FACTORS, left_out_path, validate_study
 
-        folder = self.newWorkFolder()
-        out = folder / "study.csv"
-        arguments = [str(Path(dicomFolder).resolve()), "--out", str(out)]
-        if rules:
-            (folder / "rules.json").write_text(rules_to_json(rules))
-            arguments += ["--rules", str(folder / "rules.json")]
-
-        def read():
+        def read(out):
             study = pd.read_csv(out, dtype={"series_uid": str}, keep_default_na=False)
             left_out = pd.read_csv(left_out_path(out), dtype=str, keep_default_na=False)
             return validate_study(study, DOSE_FACTORS, str(dicomFolder)), left_out
 
-        return self.startChildJob("study", arguments, readResult=read, workDir=folder)
+        with self.startingWorkFolder() as folder:
+            out = folder / "study.csv"
+            arguments = [str(Path(dicomFolder).resolve()), "--out", str(out)]
+            if rules:
+                (folder / "rules.json").write_text(rules_to_json(rules))
+                arguments += ["--rules", str(folder / "rules.json")]
+            return self.startChildJob("study", arguments, readResult=lambda: read(out), workDir=folder)
 
     def studyFromDicomDatabase(self, seriesUIDs, rules=None, database=None):
         """A study from series of Slicer's DICOM database (``slicer.dicomDatabase`` by default),
@@ -244,12 +235,6 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
         if tableNode is None or tableNode.GetNumberOfRows() == 0:
             raise ValueError("the study table is empty: group a manifest or DICOM folder, or add the scene's volumes")
         return validate_study(dataframe_from_table_node(tableNode), DOSE_FACTORS, "the study table")
-
-    def sceneVolumes(self):
-        nodes = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-        volumes = [nodes.GetItemAsObject(n) for n in range(nodes.GetNumberOfItems())]
-        nodes.UnRegister(None)
-        return [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
 
     def studyTableFromVolumes(self, volumeNodes, outputFolder, tableNode=None):
         """Rows for scene volumes, each saved as ``outputFolder/inputs/<name>_<node ID>.nrrd``.
@@ -280,9 +265,7 @@ class ImagInfoDoseComparisonLogic(ImagInfoModuleLogic):
 
     def inputsFromParameterNode(self, parameterNode):
         """Keyword arguments of :meth:`compare` from the module's parameter node."""
-        folder = optionalPath(parameterNode.outputFolder)
-        if folder is None:
-            raise ValueError("choose an output folder")
+        folder = requiredPath(parameterNode.outputFolder, "choose an output folder")
         study = self.studyFromTableNode(parameterNode.studyTable)
         return {
             "study": study,

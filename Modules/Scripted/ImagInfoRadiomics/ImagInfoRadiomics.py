@@ -11,6 +11,7 @@ node with provenance, and its self-test.
 """
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,8 @@ from ImagInfoExtension.bridge.scaffolding import (
     WithinRange,
     optionalPath,
     parameterNodeWrapper,
+    parseMillimetres,
+    requiredPath,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
     vtkMRMLTableNode,
@@ -130,13 +133,11 @@ class ImagInfoRadiomicsParameterNode:
 
 
 class ImagInfoRadiomicsWidget(ImagInfoModuleWidget):
-    def createLogic(self):
-        return ImagInfoRadiomicsLogic()
-
     def setupModule(self):
-        self.ui.batchSceneButton.connect("clicked(bool)", self.onBatchScene)
-        self.ui.batchManifestButton.connect("clicked(bool)", self.onBatchManifest)
-        self.ui.saveCsvButton.connect("clicked(bool)", self.onSaveCsv)
+        batchFailed = _("Cannot start the batch.")
+        self.connectJob(self.ui.batchSceneButton, self.logic.startSceneBatch, batchFailed)
+        self.connectJob(self.ui.batchManifestButton, self.logic.startManifestBatch, batchFailed)
+        self.connectAction(self.ui.saveCsvButton, self.saveCsv, _("Could not save the table."))
         available, message = self.logic.pyradiomicsStatus()
         self.ui.modeComboBox.enabled = available
         if not available:
@@ -144,25 +145,9 @@ class ImagInfoRadiomicsWidget(ImagInfoModuleWidget):
         self.ui.pyradiomicsLabel.text = "" if available else message
         self.ui.pyradiomicsLabel.visible = not available
 
-    def onBatchScene(self):
-        self.runAction(lambda: self._startBatch(self.logic.startSceneBatch), _("Cannot start the batch."))
-
-    def onBatchManifest(self):
-        self.runAction(lambda: self._startBatch(self.logic.startManifestBatch), _("Cannot start the batch."))
-
-    def _startBatch(self, start):
-        self.runJob(
-            start(self._parameterNode),
-            lambda job: self.logic.finishJob(job, self._parameterNode),
-            self.logic.cancelledDescription(),
-        )
-
-    def onSaveCsv(self):
+    def saveCsv(self):
         parameters = self._parameterNode
-        self.runAction(
-            lambda: self.logic.saveTableAsCsv(parameters.outputTable, optionalPath(parameters.csvFile)),
-            _("Could not save the table."),
-        )
+        return self.logic.saveTableAsCsv(parameters.outputTable, optionalPath(parameters.csvFile))
 
 
 #
@@ -196,10 +181,9 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
     # Parameters ---------------------------------------------------------------------
 
     def setDefaultParameters(self, parameterNode):
-        if not parameterNode.inputVolume:
-            firstVolume = self.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
-                parameterNode.inputVolume = firstVolume
+        firstVolume = self.firstVolume()
+        if firstVolume and not parameterNode.inputVolume:
+            parameterNode.inputVolume = firstVolume
         if not parameterNode.inputSegmentation:
             pairs = self.scenePairs()
             volume = parameterNode.inputVolume
@@ -234,12 +218,8 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
     @staticmethod
     def parseSigmas(text):
         """``"1, 2.5 3"`` → ``[1.0, 2.5, 3.0]`` (LoG widths in mm)."""
-        parts = [p for p in re.split(r"[,\s;]+", text or "") if p]
-        try:
-            sigmas = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"LoG sigmas {text!r} must be numbers in mm separated by commas, e.g. 1, 2, 3") from None
-        if not sigmas or min(sigmas) <= 0:
+        sigmas = parseMillimetres(text, "LoG sigmas", "1, 2, 3")
+        if not sigmas:
             raise ValueError("LoG needs at least one positive sigma in mm, e.g. 1, 2, 3")
         return sigmas
 
@@ -305,9 +285,6 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
 
     def applyDescription(self):
         return _("Extract the features of every segment in the background; click again to cancel.")
-
-    def cancelledDescription(self):
-        return _("Cancelled; the scene is unchanged.")
 
     # Settings -----------------------------------------------------------------------
 
@@ -384,18 +361,10 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
         volume it was drawn on in Segment Editor); otherwise with the volume of the same
         name, or whose name starts its name (``CT`` for ``CT segmentation``).
         """
-        segmentations = self.scene.GetNodesByClass("vtkMRMLSegmentationNode")
-        volumes = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-        try:
-            segmentationNodes = [segmentations.GetItemAsObject(n) for n in range(segmentations.GetNumberOfItems())]
-            volumeNodes = [volumes.GetItemAsObject(n) for n in range(volumes.GetNumberOfItems())]
-        finally:
-            segmentations.UnRegister(None)
-            volumes.UnRegister(None)
-        volumeNodes = [v for v in volumeNodes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
+        volumeNodes = self.sceneVolumes()
         volumeIds = {v.GetID() for v in volumeNodes}
         pairs = []
-        for segmentation in segmentationNodes:
+        for segmentation in self.sceneNodes("vtkMRMLSegmentationNode"):
             reference = segmentation.GetNodeReference("referenceImageGeometryRef")
             if reference is None or reference.GetID() not in volumeIds:
                 name = segmentation.GetName()
@@ -419,9 +388,7 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
             if segment is None:
                 raise ValueError(f"segment {segmentId!r} is not in {segmentationNode.GetName()}")
             names[segmentId] = segment.GetName()
-        counts = {}
-        for name in names.values():
-            counts[name] = counts.get(name, 0) + 1
+        counts = Counter(names.values())
         return {i: (n if counts[n] == 1 else f"{n} ({i})") for i, n in names.items()}
 
     def inputDescription(self, volumeNode, segmentationNode, case, segmentIds=None):
@@ -451,12 +418,8 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
 
         if not pairs:
             raise ValueError("no volume and segmentation to extract")
-        volumeCount = {}
-        for volume, _segmentation in pairs:
-            volumeCount[volume.GetID()] = volumeCount.get(volume.GetID(), 0) + 1
-        nameCount = {}
-        for volume, _segmentation in pairs:
-            nameCount[volume.GetName()] = nameCount.get(volume.GetName(), 0) + 1
+        volumeCount = Counter(volume.GetID() for volume, _segmentation in pairs)
+        nameCount = Counter(volume.GetName() for volume, _segmentation in pairs)
         rows, inputs = [], []
         for number, (volume, segmentation) in enumerate(pairs, start=1):
             case = volume.GetName() if nameCount[volume.GetName()] == 1 else f"{volume.GetName()} ({volume.GetID()})"
@@ -500,8 +463,6 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
         a ``manifest`` CSV of files is run as it is. The job's result is the dict of
         :meth:`readOutputs`.
         """
-        import shutil
-
         from ImagInfoExtension.radiomics.run import output_paths
 
         if (pairs is None) == (manifest is None):
@@ -509,8 +470,7 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
         if not preset and not parameterFile:
             preset = "ct"
         settings, base = self.settingsFor(preset, parameterFile, mode, families, imageTypes)
-        folder = self.newWorkFolder()
-        try:
+        with self.startingWorkFolder() as folder:
             if pairs is not None:
                 manifest, inputs = self.writeInputs(list(pairs), folder)
             else:
@@ -536,9 +496,6 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
                 successCodes=(0, EXIT_SOME_ROIS_FAILED),
                 context=jobContext,
             )
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
 
     @staticmethod
     def readOutputs(featuresPath):
@@ -575,40 +532,42 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
             "provenance": json.loads(paths["provenance"].read_text()),
         }
 
+    @staticmethod
+    def pairContext(volumeNode, segmentationNode):
+        """The job context of one volume/segmentation: a re-run on the same nodes reuses the same table."""
+        return {
+            "key": f"{volumeNode.GetID()}:{segmentationNode.GetID()}",
+            "name": f"{volumeNode.GetName()} {segmentationNode.GetName()} radiomics",
+        }
+
+    def optionsFrom(self, parameterNode, workers):
+        """Keyword arguments of :meth:`startExtraction` for the panel's settings and lesion choices."""
+        return {
+            **self.settingsChoicesFrom(parameterNode),
+            "perLesion": parameterNode.perLesion,
+            "minLesionVolumeMl": parameterNode.minLesionVolumeMl,
+            "workers": workers,
+        }
+
     def inputsFromParameterNode(self, parameterNode):
         """Keyword arguments of :meth:`startExtraction` for the panel's volume and segmentation."""
         volume, segmentation = parameterNode.inputVolume, parameterNode.inputSegmentation
         if volume is None or segmentation is None:
             raise ValueError("select a volume and a segmentation")
-        return {
-            "pairs": [(volume, segmentation)],
-            **self.settingsChoicesFrom(parameterNode),
-            "perLesion": parameterNode.perLesion,
-            "minLesionVolumeMl": parameterNode.minLesionVolumeMl,
-            # A few segments of one image: one after the other in the child, without starting Dask.
-            "workers": 0,
-        }
+        # A few segments of one image: one after the other in the child, without starting Dask.
+        return {"pairs": [(volume, segmentation)], **self.optionsFrom(parameterNode, workers=0)}
 
     def startJob(self, parameterNode):
-        volume, segmentation = parameterNode.inputVolume, parameterNode.inputSegmentation
         return self.startExtraction(
             **self.inputsFromParameterNode(parameterNode),
-            context={
-                "key": f"{volume.GetID()}:{segmentation.GetID()}",
-                "name": f"{volume.GetName()} {segmentation.GetName()} radiomics",
-            },
+            context=self.pairContext(parameterNode.inputVolume, parameterNode.inputSegmentation),
         )
 
     def _batchOptions(self, parameterNode):
         blocker = self.settingsBlocker(parameterNode)
         if blocker:
             raise ValueError(blocker)
-        return {
-            **self.settingsChoicesFrom(parameterNode),
-            "perLesion": parameterNode.perLesion,
-            "minLesionVolumeMl": parameterNode.minLesionVolumeMl,
-            "workers": parameterNode.workers or None,
-        }
+        return self.optionsFrom(parameterNode, workers=parameterNode.workers or None)
 
     def startSceneBatch(self, parameterNode):
         """Start the extraction of every volume/segmentation pair of the scene (see :meth:`scenePairs`)."""
@@ -628,9 +587,9 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
 
     def startManifestBatch(self, parameterNode):
         """Start the extraction of a manifest CSV (case,image,mask plus optional label, segment, factors)."""
-        manifest = optionalPath(parameterNode.batchManifest)
-        if manifest is None:
-            raise ValueError(_("Choose a manifest CSV (case,image,mask[,label,segment,factors]) first."))
+        manifest = requiredPath(
+            parameterNode.batchManifest, _("Choose a manifest CSV (case,image,mask[,label,segment,factors]) first.")
+        )
         return self.startExtraction(
             manifest=manifest,
             **self._batchOptions(parameterNode),
@@ -647,11 +606,7 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
         """
         context = {"key": "console", "name": "Radiomics features"}
         if pairs is not None and len(pairs) == 1:
-            volume, segmentation = pairs[0]
-            context = {
-                "key": f"{volume.GetID()}:{segmentation.GetID()}",
-                "name": f"{volume.GetName()} {segmentation.GetName()} radiomics",
-            }
+            context = self.pairContext(*pairs[0])
         job = self.startExtraction(pairs=pairs, manifest=manifest, context=context, **options)
         if not wait:
             return job
@@ -720,17 +675,9 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
             value, ibsi_tag``. ``frame.attrs`` holds ``failures``, ``warnings``,
             ``lesions`` and ``provenance``.
         """
+        settings, _base = self.settingsFor(None if parameterFile else preset, parameterFile, mode, families, imageTypes)
         outputs = self.extractInProcess(
-            volumeNode,
-            segmentationNode,
-            preset=None if parameterFile else preset,
-            parameterFile=parameterFile,
-            mode=mode,
-            families=families,
-            imageTypes=imageTypes,
-            perLesion=perLesion,
-            minLesionVolumeMl=minLesionVolumeMl,
-            segmentIds=segmentIds,
+            volumeNode, segmentationNode, settings, perLesion, minLesionVolumeMl, segmentIds
         )
         frame = outputs["features"]
         frame.attrs.update(
@@ -742,8 +689,7 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
         if not createTable:
             return frame
         context = {
-            "key": f"{volumeNode.GetID()}:{segmentationNode.GetID()}",
-            "name": f"{volumeNode.GetName()} {segmentationNode.GetName()} radiomics",
+            **self.pairContext(volumeNode, segmentationNode),
             "inputs": [self.inputDescription(volumeNode, segmentationNode, volumeNode.GetName(), segmentIds)],
             "perLesion": bool(perLesion),
             "minLesionVolumeMl": minLesionVolumeMl,
@@ -751,19 +697,10 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
         return frame, self.createOutputNodes(outputs, context)["table"]
 
     def extractInProcess(
-        self,
-        volumeNode,
-        segmentationNode,
-        preset=None,
-        parameterFile=None,
-        mode=None,
-        families=None,
-        imageTypes=None,
-        perLesion=False,
-        minLesionVolumeMl=0.0,
-        segmentIds=None,
+        self, volumeNode, segmentationNode, settings, perLesion=False, minLesionVolumeMl=0.0, segmentIds=None
     ):
-        """:meth:`extract`'s computation; returns outputs shaped like :meth:`readOutputs`'."""
+        """:meth:`extract`'s computation with the settings of :meth:`settingsFor`; returns outputs
+        shaped like :meth:`readOutputs`'."""
         import pandas as pd
 
         from ImagInfoExtension.bridge.volumes import sitk_from_volume_node
@@ -776,7 +713,6 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
 
         if volumeNode is None or segmentationNode is None:
             raise ValueError("give a volume node and a segmentation node")
-        settings, _base = self.settingsFor(preset, parameterFile, mode, families, imageTypes)
         image = sitk_from_volume_node(volumeNode)
         names = self.segmentNames(segmentationNode, segmentIds)
         if not names:

@@ -8,7 +8,6 @@ the command's files and arguments, how its outputs become nodes, and its self-te
 """
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +21,7 @@ from ImagInfoExtension.bridge.scaffolding import (
     WithinRange,
     optionalPath,
     parameterNodeWrapper,
+    parseMillimetres,
     vtkMRMLMarkupsROINode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
@@ -108,8 +108,7 @@ class ImagInfoVesselPhantomParameterNode:
 
 
 class ImagInfoVesselPhantomWidget(ImagInfoModuleWidget):
-    def createLogic(self):
-        return ImagInfoVesselPhantomLogic()
+    """The shared panel: Apply runs :meth:`ImagInfoVesselPhantomLogic.startJob`."""
 
 
 #
@@ -136,10 +135,9 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
     # Parameters ---------------------------------------------------------------------
 
     def setDefaultParameters(self, parameterNode):
-        if not parameterNode.inputVolume:
-            firstVolume = self.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume:
-                parameterNode.inputVolume = firstVolume
+        firstVolume = self.firstVolume()
+        if firstVolume and not parameterNode.inputVolume:
+            parameterNode.inputVolume = firstVolume
 
     def applyBlocker(self, parameterNode):
         if not parameterNode.inputVolume:
@@ -162,16 +160,7 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
     @staticmethod
     def parseRadii(text):
         """``"0.5, 1, 2"`` → ``[0.5, 1.0, 2.0]``; empty → None."""
-        parts = [p for p in re.split(r"[,\s;]+", text or "") if p]
-        if not parts:
-            return None
-        try:
-            radii = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"radii {text!r} must be numbers in mm separated by commas, e.g. 0.5,1,2,3") from None
-        if min(radii) <= 0:
-            raise ValueError("radii must be positive millimetres")
-        return radii
+        return parseMillimetres(text, "radii", "0.5,1,2,3") or None
 
     @staticmethod
     def parametersFrom(parameterNode):
@@ -290,14 +279,11 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
 
     def startQuantification(self, volumeNode, truth=None, roi=None, mask=None, radii_mm=None, **parameters):
         """Write the inputs and start ``imaginfo vessels``; returns the running job (see :meth:`quantify`)."""
-        import shutil
-
         from ImagInfoExtension.vessels.quantify import read_results
 
         if volumeNode is None:
             raise ValueError("select an input volume")
-        folder = self.newWorkFolder()
-        try:
+        with self.startingWorkFolder() as folder:
             image = self.writeVolume(volumeNode, folder / "input.nrrd")
             arguments = [str(folder / "input.nrrd")]
             arguments += self.designArguments(truth, image, radii_mm, folder)
@@ -307,9 +293,6 @@ class ImagInfoVesselPhantomLogic(ImagInfoModuleLogic):
             return self.startChildJob(
                 "vessels", [*arguments, "--out", str(out)], readResult=lambda: read_results(out), workDir=folder
             )
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
 
     def quantify(self, volumeNode, truth=None, roi=None, mask=None, radii_mm=None, wait=True, **parameters):
         """Quantify the phantom's vessels in a volume node (as a child process).
