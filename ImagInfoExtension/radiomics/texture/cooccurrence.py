@@ -16,13 +16,11 @@ import numpy as np
 
 from ImagInfoExtension.radiomics.texture.directions import (
     AGGREGATIONS,
-    DIRECTIONS_3D,
-    IN_PLANE_DIRECTIONS,
-    MATRIX_ENTRY_BUDGET,
     FeatureMeans,
+    aggregate_directions,
+    check_distance,
     check_texture_input,
     compact_levels,
-    slice_chunks,
 )
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -247,49 +245,21 @@ def glcm_features(
         mask, an unknown aggregation or ``distance < 1``.
     """
     levels, int_mask, aggregations = check_texture_input(levels, int_mask, n_levels, aggregations)
-    if int(distance) != distance or distance < 1:
-        raise ValueError(f"distance must be an integer >= 1 voxel, got {distance!r}")
+    distance = check_distance(distance)
     n_levels = int(n_levels)
-    distance = int(distance)
     compact, grey = compact_levels(levels, int_mask)
     size = len(grey)
-    means = FeatureMeans("cm", FEATURE_NAMES, aggregations, partial(glcm_feature_stack, grey=grey, n_levels=n_levels))
+    means = FeatureMeans("cm", FEATURE_NAMES, aggregations, partial(_stack_features, grey=grey, n_levels=n_levels))
 
-    # In-plane pairs never leave their slice: per-slice in-plane matrices (built a few slices at a
-    # time) serve the 2D aggregations and, summed over slices, the 2.5D ones and the first 4 of
-    # the 13 3D directions.
-    n_in_plane = len(IN_PLANE_DIRECTIONS)
-    if any(not name.startswith("3D") for name in aggregations):
-        in_plane = np.zeros((n_in_plane, size, size), dtype=np.int64)
-        for part in slice_chunks(levels.shape[0], n_in_plane * size * size):
-            per_slice = glcm_matrices(
-                compact[part], int_mask[part], size, IN_PLANE_DIRECTIONS, distance=distance, per_slice=True
-            )
-            if "2D_avg" in aggregations:
-                means.add("2D_avg", per_slice.reshape(-1, size, size))
-            if "2D_comb" in aggregations:
-                means.add("2D_comb", per_slice.sum(axis=0))
-            in_plane += per_slice.sum(axis=1)
-    else:
-        in_plane = glcm_matrices(compact, int_mask, size, IN_PLANE_DIRECTIONS, distance=distance)[:, 0]
-    if "2_5D_avg" in aggregations:
-        means.add("2_5D_avg", in_plane)
-    if "2_5D_comb" in aggregations:
-        means.add("2_5D_comb", in_plane.sum(axis=0, keepdims=True))
+    def matrices(part: slice, directions: Sequence[tuple[int, int, int]], per_slice: bool) -> np.ndarray:
+        return glcm_matrices(compact[part], int_mask[part], size, directions, distance=distance, per_slice=per_slice)
 
-    if any(name.startswith("3D") for name in aggregations):
-        merged = in_plane.sum(axis=0)
-        if "3D_avg" in aggregations:
-            means.add("3D_avg", in_plane)
-        out_of_plane = DIRECTIONS_3D[n_in_plane:]
-        step = max(1, MATRIX_ENTRY_BUDGET // (size * size))
-        for start in range(0, len(out_of_plane), step):
-            directional = glcm_matrices(compact, int_mask, size, out_of_plane[start : start + step], distance=distance)[
-                :, 0
-            ]
-            if "3D_avg" in aggregations:
-                means.add("3D_avg", directional)
-            merged += directional.sum(axis=0)
-        if "3D_comb" in aggregations:
-            means.add("3D_comb", merged[None])
+    aggregate_directions(means, int_mask, (size, size), matrices)
     return means.result()
+
+
+def _stack_features(
+    matrices: np.ndarray, n_voxels: np.ndarray, grey: np.ndarray, n_levels: int
+) -> dict[str, np.ndarray]:
+    # No GLCM feature counts voxels: the count that the aggregation passes along is the GLRLM's.
+    return glcm_feature_stack(matrices, grey, n_levels)

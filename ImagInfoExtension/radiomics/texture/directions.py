@@ -1,4 +1,5 @@
-"""Neighbour directions and line walking shared by the directional texture matrices (GLCM, GLRLM).
+"""Neighbour directions, line walking and the aggregation of the directional texture matrices
+(GLCM, GLRLM), and the argument checks that every texture family shares.
 
 IBSI-1 (section 3.6) counts each neighbour direction once: a direction and its opposite give the
 same symmetric co-occurrence matrix and the same runs. In 3D that leaves the 13 unique directions
@@ -29,10 +30,8 @@ MATRIX_ENTRY_BUDGET = 1 << 21
 fine discretisation gives hundreds of grey levels; typical ROIs fit in a single stack."""
 
 
-def check_texture_input(
-    levels: np.ndarray, int_mask: np.ndarray, n_levels: int, aggregations: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Validate the arguments common to the directional texture families.
+def check_levels(levels: np.ndarray, int_mask: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the discretised grey levels and intensity mask that every texture family takes.
 
     Parameters
     ----------
@@ -42,6 +41,63 @@ def check_texture_input(
         Intensity mask.
     n_levels : int
         Number of grey levels, at least 1.
+
+    Returns
+    -------
+    levels : ndarray of int64
+        The grey levels, 0 outside the mask.
+    int_mask : ndarray of bool
+
+    Raises
+    ------
+    ValueError
+        Arrays that are not 3D or differ in shape, ``n_levels < 1``, an empty mask, or grey levels
+        inside the mask that are not whole numbers in 1..`n_levels`.
+    """
+    levels = np.asarray(levels)
+    int_mask = np.asarray(int_mask)
+    if levels.ndim != 3:
+        raise ValueError(
+            f"levels must be a 3-D (z, y, x) array, got {levels.ndim} dimensions; "
+            "give a single slice a leading axis of length 1"
+        )
+    if levels.shape != int_mask.shape:
+        raise ValueError(
+            f"levels {levels.shape} and int_mask {int_mask.shape} differ in shape; "
+            "pass the discretised ROI and its intensity mask on the same (z, y, x) grid"
+        )
+    if int(n_levels) != n_levels or n_levels < 1:
+        raise ValueError(f"n_levels must be an integer >= 1, got {n_levels!r}; pass the number of grey levels")
+    int_mask = int_mask.astype(bool, copy=False)
+    if not int_mask.any():
+        raise ValueError("int_mask is empty: texture features need at least one voxel in the intensity mask")
+    inside = levels[int_mask]
+    if not np.issubdtype(levels.dtype, np.integer) and not np.array_equal(inside, np.round(inside)):
+        raise ValueError("levels must hold integer grey levels inside int_mask; discretise the image first")
+    if inside.min() < 1 or inside.max() > n_levels:
+        raise ValueError(
+            f"grey levels inside int_mask span {inside.min()}..{inside.max()}, outside 1..{n_levels}; "
+            "pass the levels discretised to 1..n_levels and their n_levels"
+        )
+    return np.where(int_mask, levels, 0).astype(np.int64), int_mask
+
+
+def check_distance(distance: int) -> int:
+    """A neighbourhood's Chebyshev distance in voxels, checked to be a whole number >= 1."""
+    if int(distance) != distance or distance < 1:
+        raise ValueError(f"distance must be an integer >= 1 (Chebyshev voxels), got {distance!r}")
+    return int(distance)
+
+
+def check_texture_input(
+    levels: np.ndarray, int_mask: np.ndarray, n_levels: int, aggregations: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Validate the arguments common to the directional texture families.
+
+    Parameters
+    ----------
+    levels, int_mask, n_levels
+        As for :func:`check_levels`.
     aggregations : sequence of str
         Requested aggregation methods, each one of :data:`AGGREGATIONS`.
 
@@ -56,34 +112,13 @@ def check_texture_input(
     Raises
     ------
     ValueError
-        Shapes that differ or are not 3D, ``n_levels < 1``, an empty mask, grey levels outside
-        1..`n_levels` inside the mask, or an unknown aggregation.
+        As :func:`check_levels`, or an unknown aggregation.
     """
-    levels = np.asarray(levels)
-    int_mask = np.asarray(int_mask, dtype=bool)
-    if levels.ndim != 3 or levels.shape != int_mask.shape:
-        raise ValueError(
-            f"levels {levels.shape} and int_mask {int_mask.shape} must be 3D arrays of the same (z, y, x) shape; "
-            "pass the discretised ROI and its intensity mask on the same grid"
-        )
-    if int(n_levels) != n_levels or n_levels < 1:
-        raise ValueError(f"n_levels must be an integer >= 1, got {n_levels!r}; pass the number of grey levels")
-    if not int_mask.any():
-        raise ValueError("int_mask is empty: texture matrices need at least one voxel in the intensity mask")
-    if not np.issubdtype(levels.dtype, np.integer):
-        if not np.array_equal(levels[int_mask], np.round(levels[int_mask])):
-            raise ValueError("levels must hold integer grey levels inside int_mask; discretise the image first")
-    inside = levels[int_mask]
-    if inside.min() < 1 or inside.max() > n_levels:
-        raise ValueError(
-            f"grey levels inside int_mask span {inside.min()}..{inside.max()}, outside 1..n_levels={n_levels}; "
-            "pass the discretised levels and their n_levels"
-        )
+    levels, int_mask = check_levels(levels, int_mask, n_levels)
     unknown = [name for name in aggregations if name not in AGGREGATIONS]
     if unknown:
         raise ValueError(f"unknown aggregation(s) {unknown}; choose from {list(AGGREGATIONS)}")
-    clean = np.where(int_mask, levels, 0).astype(np.int64)
-    return clean, int_mask, tuple(dict.fromkeys(aggregations))
+    return levels, int_mask, tuple(dict.fromkeys(aggregations))
 
 
 def line_order(
@@ -178,6 +213,7 @@ class FeatureMeans:
     ) -> None:
         self.prefix = prefix
         self.feature_names = tuple(feature_names)
+        self.aggregations = tuple(aggregations)
         self.compute = compute
         self.sums = {name: dict.fromkeys(self.feature_names, 0.0) for name in aggregations}
         self.counts = dict.fromkeys(aggregations, 0)
@@ -208,3 +244,67 @@ def slice_chunks(n_slices: int, entries_per_slice: int) -> list[slice]:
     """Split the slices into runs whose per-slice matrices fit :data:`MATRIX_ENTRY_BUDGET`."""
     step = max(1, MATRIX_ENTRY_BUDGET // max(1, entries_per_slice))
     return [slice(start, start + step) for start in range(0, n_slices, step)]
+
+
+def aggregate_directions(
+    means: FeatureMeans,
+    int_mask: np.ndarray,
+    matrix_shape: tuple[int, int],
+    matrices: Callable[[slice, Sequence[tuple[int, int, int]], bool], np.ndarray],
+) -> None:
+    """Add the matrices of every aggregation that `means` reports, as IBSI-1 defines them.
+
+    In-plane neighbours never leave their slice: per-slice in-plane matrices (built a few slices
+    at a time) serve the 2D aggregations and, summed over slices, the 2.5D ones and the first 4
+    of the 13 3D directions; the other 9 are built a few directions at a time. Each matrix is
+    added with the voxels it stands for (the mask's voxels once per direction merged into it),
+    the N_v of the GLRLM's run percentage.
+
+    Parameters
+    ----------
+    means : FeatureMeans
+        Its ``aggregations`` say which matrices to build; its ``compute`` takes a stack of
+        matrices and the voxel count of each.
+    int_mask : ndarray of bool, shape (z, y, x)
+        Intensity mask.
+    matrix_shape : tuple of int
+        Shape of one matrix (grey levels, second axis); every matrix has it, so that they add up.
+    matrices : callable
+        ``matrices(part, directions, per_slice)``: the count matrices of the axial slices `part`
+        (a slice) along `directions`, shape ``(n_directions, n_slices or 1) + matrix_shape``.
+    """
+    aggregations = means.aggregations
+    n_in_plane = len(IN_PLANE_DIRECTIONS)
+    n_total = float(int_mask.sum())
+    entries = int(np.prod(matrix_shape))
+    if any(not name.startswith("3D") for name in aggregations):
+        in_plane = np.zeros((n_in_plane, *matrix_shape), dtype=np.int64)
+        slice_voxels = int_mask.sum(axis=(1, 2)).astype(float)
+        for part in slice_chunks(int_mask.shape[0], n_in_plane * entries):
+            per_slice = matrices(part, IN_PLANE_DIRECTIONS, True)
+            if "2D_avg" in aggregations:
+                means.add("2D_avg", per_slice.reshape(-1, *matrix_shape), np.tile(slice_voxels[part], n_in_plane))
+            if "2D_comb" in aggregations:
+                means.add("2D_comb", per_slice.sum(axis=0), n_in_plane * slice_voxels[part])
+            in_plane += per_slice.sum(axis=1)
+    else:
+        in_plane = matrices(slice(None), IN_PLANE_DIRECTIONS, False)[:, 0]
+    if "2_5D_avg" in aggregations:
+        means.add("2_5D_avg", in_plane, np.full(n_in_plane, n_total))
+    if "2_5D_comb" in aggregations:
+        means.add("2_5D_comb", in_plane.sum(axis=0, keepdims=True), [n_in_plane * n_total])
+
+    if any(name.startswith("3D") for name in aggregations):
+        merged = in_plane.sum(axis=0)
+        if "3D_avg" in aggregations:
+            means.add("3D_avg", in_plane, np.full(n_in_plane, n_total))
+        out_of_plane = DIRECTIONS_3D[n_in_plane:]
+        step = max(1, MATRIX_ENTRY_BUDGET // entries)
+        for start in range(0, len(out_of_plane), step):
+            directions = out_of_plane[start : start + step]
+            directional = matrices(slice(None), directions, False)[:, 0]
+            if "3D_avg" in aggregations:
+                means.add("3D_avg", directional, np.full(len(directions), n_total))
+            merged += directional.sum(axis=0)
+        if "3D_comb" in aggregations:
+            means.add("3D_comb", merged[None], [len(DIRECTIONS_3D) * n_total])

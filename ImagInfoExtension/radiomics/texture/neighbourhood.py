@@ -18,6 +18,7 @@ from itertools import product
 
 import numpy as np
 
+from .directions import check_distance
 from .zones import bounding_box, check_texture_inputs, collect_features, matrix_features
 
 __all__ = ["ngtdm_features", "ngldm_features"]
@@ -43,12 +44,6 @@ _NGL_TAGS = {
 }
 
 _NGT_FEATURES = ("coarseness", "contrast", "busyness", "complexity", "strength")
-
-
-def _check_distance(distance: int) -> int:
-    if int(distance) != distance or distance < 1:
-        raise ValueError(f"distance must be an integer >= 1 (Chebyshev voxels), got {distance!r}")
-    return int(distance)
 
 
 def _neighbour_accumulators(
@@ -183,7 +178,7 @@ def ngtdm_features(
         levels outside 1..n_levels in the mask, ``distance`` < 1, or an unknown dimension.
     """
     levels, int_mask, dims = check_texture_inputs(levels, int_mask, n_levels, dimensions)
-    distance = _check_distance(distance)
+    distance = check_distance(distance)
     n_levels = int(n_levels)
     box = bounding_box(int_mask)
     levels, int_mask = levels[box], int_mask[box]
@@ -192,7 +187,7 @@ def ngtdm_features(
     voxel_level = levels[int_mask] - 1
     voxel_slice = np.nonzero(int_mask)[0]
     n_slices = levels.shape[0]
-    result: dict[str, float] = {}
+    per_dimension = {}
     for dim in dims:
         n_neighbours, level_sum = accumulators[dim != "3D"]
         valid = n_neighbours > 0
@@ -203,11 +198,8 @@ def ngtdm_features(
         counts = np.bincount(key, minlength=n_groups * n_levels).reshape(n_groups, n_levels)
         s_values = np.bincount(key, weights=tone_difference, minlength=n_groups * n_levels).reshape(n_groups, n_levels)
         per_group = [_ngtdm_group_features(counts[g], s_values[g]) for g in range(n_groups)]
-        for name in _NGT_FEATURES:
-            values = np.array([features[name] for features in per_group])
-            finite = values[np.isfinite(values)]
-            result[f"ngt_{name}_{dim}"] = float(finite.mean()) if finite.size else float("nan")
-    return result
+        per_dimension[dim] = {name: np.array([features[name] for features in per_group]) for name in _NGT_FEATURES}
+    return collect_features("ngt", {name: name for name in _NGT_FEATURES}, per_dimension)
 
 
 def ngldm_features(
@@ -253,7 +245,7 @@ def ngldm_features(
         As :func:`ngtdm_features`, and for ``coarseness`` < 0.
     """
     levels, int_mask, dims = check_texture_inputs(levels, int_mask, n_levels, dimensions)
-    distance = _check_distance(distance)
+    distance = check_distance(distance)
     if int(coarseness) != coarseness or coarseness < 0:
         raise ValueError(f"coarseness must be an integer >= 0 (grey levels), got {coarseness!r}")
     box = bounding_box(int_mask)

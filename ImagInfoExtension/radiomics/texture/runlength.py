@@ -16,14 +16,11 @@ import numpy as np
 
 from ImagInfoExtension.radiomics.texture.directions import (
     AGGREGATIONS,
-    DIRECTIONS_3D,
-    IN_PLANE_DIRECTIONS,
-    MATRIX_ENTRY_BUDGET,
     FeatureMeans,
+    aggregate_directions,
     check_texture_input,
     compact_levels,
     line_order,
-    slice_chunks,
 )
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -190,48 +187,15 @@ def glrlm_features(
     levels, int_mask, aggregations = check_texture_input(levels, int_mask, n_levels, aggregations)
     compact, grey = compact_levels(levels, int_mask)
     size = len(grey)
-    n_total = float(int_mask.sum())
     means = FeatureMeans("rlm", FEATURE_NAMES, aggregations, partial(_trimmed_features, grey=grey))
-
-    # In-plane runs never leave their slice: per-slice in-plane matrices (built a few slices at a
-    # time) serve the 2D aggregations and, summed over slices, the 2.5D ones and the first 4 of
-    # the 13 3D directions. Every matrix gets the longest possible run-length axis, so that they
-    # add up; _trimmed_features drops the empty tail.
-    n_in_plane = len(IN_PLANE_DIRECTIONS)
+    # Every matrix gets the longest possible run-length axis, so that they add up;
+    # _trimmed_features drops the empty tail.
     longest = max(levels.shape)
-    if any(not name.startswith("3D") for name in aggregations):
-        in_plane = np.zeros((n_in_plane, size, longest), dtype=np.int64)
-        slice_voxels = int_mask.sum(axis=(1, 2)).astype(float)
-        for part in slice_chunks(levels.shape[0], n_in_plane * size * longest):
-            per_slice = glrlm_matrices(
-                compact[part], int_mask[part], size, IN_PLANE_DIRECTIONS, per_slice=True, max_length=longest
-            )
-            if "2D_avg" in aggregations:
-                means.add("2D_avg", per_slice.reshape(-1, size, longest), np.tile(slice_voxels[part], n_in_plane))
-            if "2D_comb" in aggregations:
-                means.add("2D_comb", per_slice.sum(axis=0), n_in_plane * slice_voxels[part])
-            in_plane += per_slice.sum(axis=1)
-    else:
-        in_plane = glrlm_matrices(compact, int_mask, size, IN_PLANE_DIRECTIONS, max_length=longest)[:, 0]
-    if "2_5D_avg" in aggregations:
-        means.add("2_5D_avg", in_plane, np.full(n_in_plane, n_total))
-    if "2_5D_comb" in aggregations:
-        means.add("2_5D_comb", in_plane.sum(axis=0, keepdims=True), [n_in_plane * n_total])
 
-    if any(name.startswith("3D") for name in aggregations):
-        merged = in_plane.sum(axis=0)
-        if "3D_avg" in aggregations:
-            means.add("3D_avg", in_plane, np.full(n_in_plane, n_total))
-        out_of_plane = DIRECTIONS_3D[n_in_plane:]
-        step = max(1, MATRIX_ENTRY_BUDGET // (size * longest))
-        for start in range(0, len(out_of_plane), step):
-            directions = out_of_plane[start : start + step]
-            directional = glrlm_matrices(compact, int_mask, size, directions, max_length=longest)[:, 0]
-            if "3D_avg" in aggregations:
-                means.add("3D_avg", directional, np.full(len(directions), n_total))
-            merged += directional.sum(axis=0)
-        if "3D_comb" in aggregations:
-            means.add("3D_comb", merged[None], [len(DIRECTIONS_3D) * n_total])
+    def matrices(part: slice, directions: Sequence[tuple[int, int, int]], per_slice: bool) -> np.ndarray:
+        return glrlm_matrices(compact[part], int_mask[part], size, directions, per_slice=per_slice, max_length=longest)
+
+    aggregate_directions(means, int_mask, (size, longest), matrices)
     return means.result()
 
 

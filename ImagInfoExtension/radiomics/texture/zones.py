@@ -23,6 +23,8 @@ import numpy as np
 import skimage.measure
 from scipy import ndimage
 
+from .directions import check_levels
+
 __all__ = ["glszm_features", "gldzm_features"]
 
 DIMENSIONS = ("2D", "2_5D", "3D")
@@ -105,6 +107,9 @@ def check_texture_inputs(
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Validate the arguments shared by the zone and neighbourhood texture families.
 
+    The grey levels and mask are checked as for every texture family
+    (:func:`~ImagInfoExtension.radiomics.texture.directions.check_levels`).
+
     Returns
     -------
     levels : ndarray of int64
@@ -119,36 +124,11 @@ def check_texture_inputs(
         If the arrays are not 3-D or differ in shape, the mask is empty, ``n_levels`` < 1,
         a grey level inside the mask lies outside 1..n_levels, or a dimension is unknown.
     """
-    levels = np.asarray(levels)
-    int_mask = np.asarray(int_mask)
-    if levels.ndim != 3:
-        raise ValueError(
-            f"levels must be a 3-D (z, y, x) array, got {levels.ndim} dimensions; "
-            "give a single slice a leading axis of length 1"
-        )
-    if levels.shape != int_mask.shape:
-        raise ValueError(
-            f"levels {levels.shape} and int_mask {int_mask.shape} differ in shape; "
-            "pass the mask of the same (z, y, x) grid"
-        )
-    if int(n_levels) != n_levels or n_levels < 1:
-        raise ValueError(f"n_levels must be an integer >= 1, got {n_levels!r}; pass the number of grey levels")
-    int_mask = int_mask.astype(bool, copy=False)
-    if not int_mask.any():
-        raise ValueError("the intensity mask is empty; texture features need at least one voxel in the ROI")
-    inside = levels[int_mask]
-    if not np.issubdtype(levels.dtype, np.integer) and not np.array_equal(inside, np.round(inside)):
-        raise ValueError("levels must be discretised integer grey levels; discretise the intensities first")
-    if inside.min() < 1 or inside.max() > n_levels:
-        raise ValueError(
-            f"grey levels inside the mask span {inside.min()}..{inside.max()}, outside 1..{n_levels}; "
-            "pass levels discretised to 1..n_levels"
-        )
+    levels, int_mask = check_levels(levels, int_mask, n_levels)
     dims = tuple(dict.fromkeys(dimensions))
     unknown = [d for d in dims if d not in DIMENSIONS]
     if unknown:
         raise ValueError(f"unknown dimensions {unknown}; choose from {DIMENSIONS}")
-    levels = np.where(int_mask, levels, 0).astype(np.int64)
     return levels, int_mask, dims
 
 
