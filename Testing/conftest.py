@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,61 @@ def published_table():
     if not path.is_file():
         pytest.skip(f"{path} is absent: the published phantom table lives in ../shared/reference")
     return pd.read_csv(path)
+
+
+@pytest.fixture(scope="session")
+def ibsi_data() -> Path:
+    """The IBSI-1 data folder (../shared/reference/ibsi); skips when it is absent."""
+    from ibsi_reference import require_ibsi_data
+
+    return require_ibsi_data()
+
+
+@pytest.fixture(scope="session")
+def ibsi_phantom(ibsi_data):
+    """The IBSI-1 digital phantom: its image as float64 (z, y, x) and its mask as bool."""
+    import SimpleITK as sitk
+
+    from ImagInfoExtension.radiomics.ibsi import case_inputs
+
+    image, mask, _ = case_inputs("phantom", ibsi_data)
+    arrays = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(mask) != 0
+    for array in arrays:
+        array.setflags(write=False)  # shared by every test of the session
+    return arrays
+
+
+class PreparedRois:
+    """The IBSI-1 CT prepared for configurations A–E, each on first use and once per session.
+
+    ``rois("C")`` is configuration C's ``PreparedRoi``; ``rois.seconds["C"]`` how long it took.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        from ImagInfoExtension.radiomics.ibsi import case_inputs
+
+        self.image, self.mask, _ = case_inputs("A", data_dir)  # one CT, rounded to HU, for A–E
+        self.rois = {}
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, config: str):
+        if config not in self.rois:
+            from ImagInfoExtension.radiomics.preprocess import prepare_roi
+            from ImagInfoExtension.radiomics.settings import load_preset
+
+            start = time.perf_counter()
+            roi = prepare_roi(self.image, self.mask, load_preset(f"ibsi-{config}"))
+            self.seconds[config] = time.perf_counter() - start
+            for array in (roi.intensity, roi.levels, roi.int_mask, roi.morph_mask):
+                array.setflags(write=False)  # shared by every test of the session
+            self.rois[config] = roi
+        return self.rois[config]
+
+
+@pytest.fixture(scope="session")
+def ibsi_roi(ibsi_data) -> PreparedRois:
+    """The preprocessed CT ROI of an IBSI-1 configuration: ``ibsi_roi("C")``, shared by every test file."""
+    return PreparedRois(ibsi_data)
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ matching rule, and against small cases worked out by hand.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from ibsi_reference import ibsi_reference, mismatches
 from scipy import stats
 
 from ImagInfoExtension.radiomics.intensity import (
@@ -21,7 +21,6 @@ from ImagInfoExtension.radiomics.intensity import (
     statistics_features,
 )
 
-IBSI = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ibsi"
 FAMILY_PREFIXES = ("loc_", "stat_", "ih_", "ivh_")
 
 # IVH discretisation of each IBSI-1 configuration (IBSI-1 manual, table of configurations; oncoray/mirp's
@@ -36,48 +35,8 @@ IVH_SETTINGS = {
 }
 
 
-def _require_reference() -> None:
-    if not IBSI.is_dir():
-        pytest.skip(f"{IBSI} is absent: the IBSI-1 reference data live in ../shared/reference/ibsi")
-
-
-def _reference(name: str) -> dict[str, tuple[float, float]]:
-    rows = (IBSI / "reference_values" / "mirp_format" / name).read_text().splitlines()[1:]
-    table = {}
-    for row in rows:
-        value, tolerance, tag = row.split(";")
-        if value and tag.startswith(FAMILY_PREFIXES):
-            table[tag] = (float(value), float(tolerance))
-    return table
-
-
-def _round_3_significant(x: float) -> float:
-    if x == 0 or not math.isfinite(x):
-        return x
-    return round(x, 3 - int(math.floor(math.log10(abs(x)))) - 1)
-
-
-def _mismatches(features: dict[str, float], reference: dict[str, tuple[float, float]]) -> list[str]:
-    failed = []
-    for tag, (value, tolerance) in reference.items():
-        ours = features.get(tag, float("nan"))
-        if not abs(_round_3_significant(ours) - value) <= tolerance:
-            failed.append(f"{tag}: {ours:.6g} (reference {value:g} ± {tolerance:g})")
-    return failed
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    _require_reference()
-    import SimpleITK as sitk
-
-    image = sitk.GetArrayFromImage(sitk.ReadImage(str(IBSI / "digital_phantom" / "phantom.nii.gz")))
-    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(IBSI / "digital_phantom" / "mask.nii.gz"))) > 0
-    return image.astype(np.float64), mask
-
-
-def test_digital_phantom_matches_every_reference_value(phantom):
-    image, mask = phantom
+def test_digital_phantom_matches_every_reference_value(ibsi_phantom):
+    image, mask = ibsi_phantom
     values = image[mask]
     features = local_intensity_features(image, mask, (2.0, 2.0, 2.0))
     features |= statistics_features(values)
@@ -85,47 +44,21 @@ def test_digital_phantom_matches_every_reference_value(phantom):
     # and the histogram gradient must see them: ih_min_grad is -50 only with an empty level 2).
     features |= histogram_features(values.astype(int), 6)
     features |= ivh_features(values, method="none")
-    reference = _reference("ibsi_1_dig_phantom.csv")
-    assert len(reference) == 49
-    assert _mismatches(features, reference) == []
+    assert len(ibsi_reference("phantom", FAMILY_PREFIXES)) == 49
+    assert mismatches(features, "phantom", FAMILY_PREFIXES) == []
     assert 0.0 < features["ivh_auc"] < 1.0
 
 
-@pytest.fixture(scope="module")
-def chest_rois():
-    """Preprocessed CT ROI of each IBSI-1 configuration, built once on first use."""
-    _require_reference()
-    try:
-        from ImagInfoExtension.radiomics.preprocess import prepare_roi
-
-        from ImagInfoExtension.radiomics.settings import load_preset
-    except ImportError:
-        pytest.skip("ImagInfoExtension.radiomics.preprocess is not there yet: configurations A-E need it")
-    import SimpleITK as sitk
-
-    image = sitk.ReadImage(str(IBSI / "ct_radiomics_phantom" / "phantom.nii.gz"))
-    mask = sitk.ReadImage(str(IBSI / "ct_radiomics_phantom" / "mask.nii.gz"))
-    cache = {}
-
-    def get(config: str):
-        if config not in cache:
-            cache[config] = prepare_roi(image, mask, load_preset(f"ibsi-{config}"))
-        return cache[config]
-
-    return get
-
-
 @pytest.mark.parametrize("config", ["A", "B", "C", "D", "E"])
-def test_chest_configuration_matches_every_reference_value(chest_rois, config):
-    roi = chest_rois(config)
+def test_chest_configuration_matches_every_reference_value(ibsi_roi, config):
+    roi = ibsi_roi(config)
     values = roi.intensity[roi.int_mask]
     features = local_intensity_features(roi.intensity, roi.int_mask, roi.spacing_mm)
     features |= statistics_features(values)
     features |= histogram_features(roi.levels[roi.int_mask], roi.n_levels)
     features |= ivh_features(values, **IVH_SETTINGS[config])
-    reference = _reference(f"ibsi_1_chest_config_{config.lower()}.csv")
-    assert len(reference) == 49
-    assert _mismatches(features, reference) == []
+    assert len(ibsi_reference(config, FAMILY_PREFIXES)) == 49
+    assert mismatches(features, config, FAMILY_PREFIXES) == []
 
 
 def test_statistics_of_a_small_array_by_hand():

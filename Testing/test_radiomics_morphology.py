@@ -8,10 +8,10 @@ the enclosing bodies and the principal axes against shapes whose answers are kno
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from ibsi_reference import ibsi_reference, ibsi_tags, mismatches
 from numpy.polynomial.legendre import legval
 from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist, squareform
@@ -25,8 +25,6 @@ from ImagInfoExtension.radiomics.morphology import (
     morphology_features,
 )
 
-IBSI = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ibsi"
-CONFIG_FILES = {c: f"ibsi_1_chest_config_{c.lower()}.csv" for c in "ABCDE"}
 ALL_TAGS = {
     "morph_volume",
     "morph_vol_approx",
@@ -60,42 +58,6 @@ ALL_TAGS = {
 }
 
 
-def _require_reference() -> None:
-    if not IBSI.is_dir():
-        pytest.skip(f"{IBSI} is absent: the IBSI-1 reference data live in ../shared/reference/ibsi")
-
-
-def _reference(name: str) -> tuple[dict[str, tuple[float, float]], set[str]]:
-    """Reference (value, tolerance) of the morph_* tags that have one, and every morph_* tag listed.
-
-    The morph_mask_* rows are image-processing diagnostics (mask sizes), not features of this family.
-    """
-    rows = (IBSI / "reference_values" / "mirp_format" / name).read_text().splitlines()[1:]
-    table, listed = {}, set()
-    for row in rows:
-        value, tolerance, tag = row.split(";")
-        if tag.startswith("morph_") and not tag.startswith("morph_mask_"):
-            listed.add(tag)
-            if value:
-                table[tag] = (float(value), float(tolerance))
-    return table, listed
-
-
-def _round_3_significant(x: float) -> float:
-    if x == 0 or not math.isfinite(x):
-        return x
-    return round(x, 3 - int(math.floor(math.log10(abs(x)))) - 1)
-
-
-def _mismatches(features: dict[str, float], reference: dict[str, tuple[float, float]]) -> list[str]:
-    failed = []
-    for tag, (value, tolerance) in reference.items():
-        ours = features.get(tag, float("nan"))
-        if not abs(_round_3_significant(ours) - value) <= tolerance:
-            failed.append(f"{tag}: {ours:.6g} (reference {value:g} ± {tolerance:g})")
-    return failed
-
-
 def _brute_force_moran_geary(intensity, mask, spacing_mm):
     """Moran's I and Geary's C straight from their definitions, over all N^2 pairs."""
     positions_mm = np.argwhere(mask) * np.asarray(spacing_mm)
@@ -110,67 +72,33 @@ def _brute_force_moran_geary(intensity, mask, spacing_mm):
     return moran, geary
 
 
-@pytest.fixture(scope="module")
-def phantom():
-    _require_reference()
-    import SimpleITK as sitk
-
-    image = sitk.GetArrayFromImage(sitk.ReadImage(str(IBSI / "digital_phantom" / "phantom.nii.gz")))
-    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(IBSI / "digital_phantom" / "mask.nii.gz"))) > 0
-    return image.astype(np.float64), mask
-
-
-def test_digital_phantom_matches_every_reference_value(phantom):
-    image, mask = phantom
+def test_digital_phantom_matches_every_reference_value(ibsi_phantom):
+    image, mask = ibsi_phantom
     features = morphology_features(image, mask, mask, (2.0, 2.0, 2.0))
-    reference, listed = _reference("ibsi_1_dig_phantom.csv")
-    assert listed == ALL_TAGS == set(features)
-    assert len(reference) == 25  # OMBB and MVEE densities have no reference value
-    assert _mismatches(features, reference) == []
+    # The morph_mask_* rows are image-processing diagnostics (mask sizes), not features of this family.
+    assert ibsi_tags("phantom", "morph_") == ALL_TAGS == set(features)
+    assert len(ibsi_reference("phantom", "morph_")) == 25  # OMBB and MVEE densities have no reference value
+    assert mismatches(features, "phantom", "morph_") == []
     # IBSI's numbers for this phantom: mesh volume 556 mm^3 against 74 voxels * 8 mm^3 = 592 mm^3.
     assert features["morph_volume"] == pytest.approx(556.333, abs=1e-3)
     assert features["morph_vol_approx"] == 592.0
     assert all(isinstance(v, float) for v in features.values())
 
 
-def test_digital_phantom_spatial_autocorrelation_is_the_double_sum(phantom):
-    image, mask = phantom
+def test_digital_phantom_spatial_autocorrelation_is_the_double_sum(ibsi_phantom):
+    image, mask = ibsi_phantom
     exact = _brute_force_moran_geary(image, mask, (2.0, 2.0, 2.0))
     np.testing.assert_allclose(moran_geary(image, mask, (2.0, 2.0, 2.0)), exact, rtol=1e-12)
 
 
-@pytest.fixture(scope="module")
-def chest_features():
-    """Morphological features of the preprocessed CT ROI of each IBSI-1 configuration, built once on first use."""
-    _require_reference()
-    try:
-        from ImagInfoExtension.radiomics.preprocess import prepare_roi
-        from ImagInfoExtension.radiomics.settings import load_preset
-    except ImportError:
-        pytest.skip("ImagInfoExtension.radiomics.preprocess is not there yet: configurations A-E need it")
-    import SimpleITK as sitk
-
-    image = sitk.ReadImage(str(IBSI / "ct_radiomics_phantom" / "phantom.nii.gz"))
-    mask = sitk.ReadImage(str(IBSI / "ct_radiomics_phantom" / "mask.nii.gz"))
-    cache = {}
-
-    def get(config: str) -> dict[str, float]:
-        if config not in cache:
-            roi = prepare_roi(image, mask, load_preset(f"ibsi-{config}"))
-            cache[config] = morphology_features(roi.intensity, roi.morph_mask, roi.int_mask, roi.spacing_mm)
-        return cache[config]
-
-    return get
-
-
 @pytest.mark.parametrize("config", ["A", "B", "C", "D", "E"])
-def test_chest_configuration_matches_every_reference_value(chest_features, config):
+def test_chest_configuration_matches_every_reference_value(ibsi_roi, config):
     # Morphology is 3D in every configuration, the 2D ones (A, B) included.
-    features = chest_features(config)
-    reference, listed = _reference(CONFIG_FILES[config])
-    assert listed == ALL_TAGS == set(features)
-    assert len(reference) == 25
-    assert _mismatches(features, reference) == []
+    roi = ibsi_roi(config)
+    features = morphology_features(roi.intensity, roi.morph_mask, roi.int_mask, roi.spacing_mm)
+    assert ibsi_tags(config, "morph_") == ALL_TAGS == set(features)
+    assert len(ibsi_reference(config, "morph_")) == 25
+    assert mismatches(features, config, "morph_") == []
 
 
 @pytest.mark.parametrize("spacing_mm", [(2.0, 2.0, 2.0), (3.0, 0.977, 0.5)])

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,43 +16,23 @@ from ImagInfoExtension.radiomics.discretise import discretise
 from ImagInfoExtension.radiomics.preprocess import _sample, prepare_roi, resampling_grid
 from ImagInfoExtension.radiomics.settings import RadiomicsSettings, load_preset
 
-IBSI = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ibsi"
 CT_CONFIGS = ("A", "B", "C", "D", "E")
-
-
-@pytest.fixture(scope="module")
-def ibsi_dir() -> Path:
-    if not (IBSI / "MANIFEST.txt").is_file():
-        pytest.skip(f"{IBSI} is absent: the IBSI-1 data live in ../shared/reference/ibsi beside the repository")
-    return IBSI
-
-
-@pytest.fixture(scope="module")
-def ct_rois(ibsi_dir):
-    """Each CT configuration prepared once, with its preparation time."""
-    image, mask, _ = ibsi.case_inputs("A", ibsi_dir)
-    rois = {}
-    for config in CT_CONFIGS:
-        start = time.perf_counter()
-        roi = prepare_roi(image, mask, load_preset(f"ibsi-{config}"))
-        rois[config] = (roi, time.perf_counter() - start)
-    return rois
 
 
 # --- IBSI-1 reference ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("config", CT_CONFIGS)
-def test_every_ibsi_diagnostic_matches_its_reference(ct_rois, ibsi_dir, config):
-    roi, _ = ct_rois[config]
-    rows = [row for row in ibsi.compliance_rows(config, roi.diagnostics, ibsi_dir) if row["tag"] in roi.diagnostics]
+def test_every_ibsi_diagnostic_matches_its_reference(ibsi_roi, ibsi_data, config):
+    roi = ibsi_roi(config)
+    rows = [row for row in ibsi.compliance_rows(config, roi.diagnostics, ibsi_data) if row["tag"] in roi.diagnostics]
     assert len(rows) == 60
     failed = [(row["tag"], row["value"], row["reference"], row["tolerance"]) for row in rows if not row["pass"]]
     assert not failed
 
 
-def test_configuration_c_grid_levels_and_masks(ct_rois):
-    roi, seconds = ct_rois["C"]
+def test_configuration_c_grid_levels_and_masks(ibsi_roi):
+    roi = ibsi_roi("C")
     d = roi.diagnostics
     # 204 x 201 x 60 voxels of 0.977 x 0.977 x 3 mm -> ceil(n s / 2 mm) voxels of 2 mm.
     assert (d["img_dim_x_interp_img"], d["img_dim_y_interp_img"], d["img_dim_z_interp_img"]) == (100, 99, 90)
@@ -71,23 +49,23 @@ def test_configuration_c_grid_levels_and_masks(ct_rois):
     for axis in range(3):
         hit = np.flatnonzero(roi.morph_mask.any(axis=tuple(a for a in range(3) if a != axis)))
         assert hit[0] >= 5 and roi.morph_mask.shape[axis] - 1 - hit[-1] >= 5
-    print(f"prepare_roi on configuration C: {seconds:.3f} s")
+    print(f"prepare_roi on configuration C: {ibsi_roi.seconds['C']:.3f} s")
 
 
-def test_fixed_bin_number_and_2d_configurations(ct_rois):
-    roi_b, _ = ct_rois["B"]
+def test_fixed_bin_number_and_2d_configurations(ibsi_roi):
+    roi_b = ibsi_roi("B")
     assert roi_b.spacing_mm == (3.0, 2.0, 2.0)  # in-plane resampling only
     assert roi_b.n_levels == 32 and roi_b.levels[roi_b.int_mask].max() == 32
-    roi_a, _ = ct_rois["A"]
+    roi_a = ibsi_roi("A")
     assert roi_a.spacing_mm == pytest.approx((3.0, 0.977, 0.977))
     assert roi_a.n_levels == 36  # floor((377 + 500) / 25) + 1, the reference ih_max
-    roi_e, _ = ct_rois["E"]
+    roi_e = ibsi_roi("E")
     # Cubic splines overshoot: the whole interpolated image reaches below -1000 HU.
     assert roi_e.diagnostics["min_int_interp_img"] < -1000
 
 
-def test_digital_phantom_levels_are_its_values(ibsi_dir):
-    image, mask, preset = ibsi.case_inputs("phantom", ibsi_dir)
+def test_digital_phantom_levels_are_its_values(ibsi_data):
+    image, mask, preset = ibsi.case_inputs("phantom", ibsi_data)
     assert preset == "ibsi-phantom"
     roi = prepare_roi(image, mask, load_preset(preset))
     values = sitk.GetArrayFromImage(image)
@@ -98,8 +76,8 @@ def test_digital_phantom_levels_are_its_values(ibsi_dir):
     assert roi.n_levels == 6 and roi.morph_mask.sum() == 74
 
 
-def test_reference_tables(ibsi_dir):
-    rows = ibsi.reference_values("C", ibsi_dir)
+def test_reference_tables(ibsi_data):
+    rows = ibsi.reference_values("C", ibsi_data)
     assert len(rows) == 275 and sum(not r.has_value for r in rows) == 5
     assert sum(r.is_diagnostic for r in rows) == 60
     first = rows[0]
@@ -110,13 +88,13 @@ def test_reference_tables(ibsi_dir):
         "Diagnostics-initial image",
     )
     assert {r.tag for r in rows if not r.has_value} >= {"ivh_auc", "morph_vol_dens_ombb"}
-    compliance = ibsi.compliance_rows("phantom", {"morph_volume": 556.0}, ibsi_dir)
+    compliance = ibsi.compliance_rows("phantom", {"morph_volume": 556.0}, ibsi_data)
     assert len(compliance) == 482
     volume = next(row for row in compliance if row["tag"] == "morph_volume")
     assert volume["pass"] and volume["config"] == "phantom"
     assert all(math.isnan(row["value"]) and not row["pass"] for row in compliance if row["tag"] != "morph_volume")
     with pytest.raises(ValueError, match="unknown"):
-        ibsi.reference_values("F", ibsi_dir)
+        ibsi.reference_values("F", ibsi_data)
 
 
 def test_case_inputs_refuse_a_file_that_differs_from_the_manifest(tmp_path):

@@ -7,7 +7,6 @@ reference values.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -18,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import REPOSITORY, SHARED_REFERENCE
+from conftest import REPOSITORY
+from ibsi_reference import ibsi_reference
 
 from ImagInfoExtension.radiomics import names
+from ImagInfoExtension.radiomics.ibsi import case_inputs, round_significant, within_tolerance
 from ImagInfoExtension.radiomics.names import (
     PHANTOM_FAIL,
     PHANTOM_NO_VALUE,
@@ -38,35 +39,12 @@ from ImagInfoExtension.radiomics.pyradiomics_mode import (
 )
 from ImagInfoExtension.radiomics.settings import load_parameter_file
 
-IBSI = SHARED_REFERENCE / "ibsi"
 NEEDS_PYRADIOMICS = "pyradiomics is not installed (pip install --no-build-isolation pyradiomics)"
-NEEDS_IBSI = f"{IBSI} is absent: the IBSI-1 reference data live in ../shared/reference/ibsi"
 
 
 @pytest.fixture(scope="module")
 def radiomics():
     return pytest.importorskip("radiomics", reason=NEEDS_PYRADIOMICS)
-
-
-def _reference(name: str) -> dict[str, tuple[float, float]]:
-    path = IBSI / "reference_values" / "mirp_format" / name
-    if not path.is_file():
-        pytest.skip(NEEDS_IBSI)
-    with path.open(newline="") as handle:
-        return {
-            row["tag"]: (float(row["reference value"]), float(row["tolerance"]))
-            for row in csv.DictReader(handle, delimiter=";")
-            if row["reference value"]
-        }
-
-
-def _passes(value: float, reference: float, tolerance: float) -> bool:
-    """MANIFEST rule: round to 3 significant digits, then compare within the tolerance."""
-    if not math.isfinite(value):
-        return False
-    if value != 0:
-        value = round(value, 3 - int(math.floor(math.log10(abs(value)))) - 1)
-    return abs(value - reference) <= tolerance
 
 
 # --- the table ------------------------------------------------------------------------
@@ -133,9 +111,9 @@ def test_ibsi_tag_for_setting_leaves_out_what_is_not_ibsi_1():
 
 
 def test_every_mapped_tag_is_an_ibsi_reference_tag():
-    tags = set(_reference("ibsi_1_dig_phantom.csv"))
-    for config in "abcde":
-        tags |= set(_reference(f"ibsi_1_chest_config_{config}.csv"))
+    tags = set(ibsi_reference("phantom"))
+    for config in "ABCDE":
+        tags |= set(ibsi_reference(config))
     for row in PYRADIOMICS_NAMES:
         for force2d in (False, True):
             for norm in (None, "no_weighting"):
@@ -183,12 +161,8 @@ PHANTOM_RUNS = {
 
 
 @pytest.fixture(scope="module")
-def phantom_values(radiomics):
-    folder = IBSI / "digital_phantom"
-    if not folder.is_dir():
-        pytest.skip(NEEDS_IBSI)
-    image = sitk.ReadImage(str(folder / "phantom.nii.gz"))
-    mask = sitk.ReadImage(str(folder / "mask.nii.gz"))
+def phantom_values(radiomics, ibsi_data):
+    image, mask, _ = case_inputs("phantom", ibsi_data)
     every_feature = {
         feature_class: list(cls.getFeatureNames())
         for feature_class, cls in radiomics.getFeatureClasses().items()
@@ -219,7 +193,7 @@ def _applicable_runs(feature_class: str) -> list[str]:
 
 
 def test_digital_phantom_agrees_with_the_ibsi_reference_as_the_table_says(phantom_values):
-    reference = _reference("ibsi_1_dig_phantom.csv")
+    reference = ibsi_reference("phantom")
     passed_features = failed_features = passed = compared = 0
     for row in PYRADIOMICS_NAMES:
         if row.ibsi_stem is None or row.feature_class == "shape2D":
@@ -232,7 +206,7 @@ def test_digital_phantom_agrees_with_the_ibsi_reference_as_the_table_says(phanto
                 continue
             assert computed["ibsi_tag"] is not None, (run, row.feature)
             expected, tolerance = reference[computed["ibsi_tag"]]
-            outcomes.append(_passes(computed["value"], expected, tolerance))
+            outcomes.append(within_tolerance(computed["value"], expected, tolerance))
         if all(outcome is None for outcome in outcomes):
             assert row.phantom == PHANTOM_NO_VALUE, row.feature
             continue
@@ -248,13 +222,13 @@ def test_digital_phantom_agrees_with_the_ibsi_reference_as_the_table_says(phanto
 
 
 def test_digital_phantom_failures_are_the_documented_differences(phantom_values):
-    reference = _reference("ibsi_1_dig_phantom.csv")
+    reference = ibsi_reference("phantom")
     values = {key: row["value"] for key, row in phantom_values["3D avg"].items()}
-    assert _passes(values["firstorder", "Kurtosis"] - 3.0, *reference["stat_kurt"])
+    assert within_tolerance(values["firstorder", "Kurtosis"] - 3.0, *reference["stat_kurt"])
     voxels = 74  # pyradiomics' covariance divides by N, the IBSI reference's by N - 1
     for feature, tag in (("MinorAxisLength", "morph_pca_min_axis"), ("LeastAxisLength", "morph_pca_least_axis")):
-        assert not _passes(values["shape", feature], *reference[tag])
-        assert _passes(values["shape", feature] * math.sqrt(voxels / (voxels - 1)), *reference[tag])
+        assert not within_tolerance(values["shape", feature], *reference[tag])
+        assert within_tolerance(values["shape", feature] * math.sqrt(voxels / (voxels - 1)), *reference[tag])
 
 
 SHAPE_WITH_IBSI_COUNTERPART = [
@@ -262,21 +236,21 @@ SHAPE_WITH_IBSI_COUNTERPART = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ct_phantom():
-    folder = IBSI / "ct_radiomics_phantom"
-    if not folder.is_dir():
-        pytest.skip(NEEDS_IBSI)
-    return sitk.ReadImage(str(folder / "phantom.nii.gz")), sitk.ReadImage(str(folder / "mask.nii.gz"))
+def _passes_without_slack(value: float, reference: float, tolerance: float) -> bool:
+    """The rule names.py's 'ct' column and counts were made with: ibsi.within_tolerance without its slack.
+
+    It differs from the engine's rule only on a tolerance's exact edge, where binary floating point
+    can miss a decimal equality: there NGTDM Contrast in B (0.0511 vs 0.0506 +- 0.0005) and GLCM Idn
+    in C fail here and pass by the engine's rule (B 143/144, C 112/144). Until names.py's table says
+    so, this test keeps the rule its numbers were made with.
+    """
+    return math.isfinite(value) and abs(round_significant(value) - reference) <= tolerance
 
 
-def _ct_outcomes(config: str, ct_phantom, combined: bool) -> dict[tuple[str, str], list[bool]]:
+def _ct_outcomes(config: str, ibsi_roi, combined: bool) -> dict[tuple[str, str], list[bool]]:
     """pyradiomics on the ROI the IBSI chain prepares for a configuration, against its reference."""
-    from ImagInfoExtension.radiomics.preprocess import prepare_roi
-    from ImagInfoExtension.radiomics.settings import load_preset
-
-    reference = _reference(f"ibsi_1_chest_config_{config.lower()}.csv")
-    roi = prepare_roi(*ct_phantom, load_preset(f"ibsi-{config}"))
+    reference = ibsi_reference(config)
+    roi = ibsi_roi(config)
 
     def image(array: np.ndarray) -> sitk.Image:
         result = sitk.GetImageFromArray(array.astype(np.float64))
@@ -301,16 +275,16 @@ def _ct_outcomes(config: str, ct_phantom, combined: bool) -> dict[tuple[str, str
             tag = row["ibsi_tag"]
             if tag is None or tag not in reference or (number == 1 and tag.startswith("ih_")):
                 continue
-            outcome = _passes(row["value"], *reference[tag])
+            outcome = _passes_without_slack(row["value"], *reference[tag])
             outcomes.setdefault((row["feature_class"], row["feature"]), []).append(outcome)
     return outcomes
 
 
 @pytest.mark.parametrize(("config", "combined", "passed", "compared"), [("B", True, 142, 144)])
-def test_ct_configuration_agrees_as_the_table_says(radiomics, ct_phantom, config, combined, passed, compared):
+def test_ct_configuration_agrees_as_the_table_says(radiomics, ibsi_roi, config, combined, passed, compared):
     # B only, to keep the suite fast: 2.5D avg and comb, and the NGTDM difference. By hand (names.py's
     # docstring): A 143/144, C 110/144, D 143/144, E 143/144.
-    outcomes = _ct_outcomes(config, ct_phantom, combined)
+    outcomes = _ct_outcomes(config, ibsi_roi, combined)
     assert sum(sum(o) for o in outcomes.values()) == passed
     assert sum(len(o) for o in outcomes.values()) == compared
     for row in PYRADIOMICS_NAMES:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import math
 
 import numpy as np
 import pytest
-from conftest import SHARED_REFERENCE
+from ibsi_reference import ibsi_reference, mismatches
 
+from ImagInfoExtension.radiomics.ibsi import within_tolerance
 from ImagInfoExtension.radiomics.texture.neighbourhood import ngldm_features, ngtdm_features
 from ImagInfoExtension.radiomics.texture.zones import gldzm_features, glszm_features
 
-IBSI = SHARED_REFERENCE / "ibsi"
 FAMILIES = ("szm_", "dzm_", "ngt_", "ngl_")
 
 
@@ -189,69 +188,24 @@ def test_morph_mask_must_contain_int_mask():
 # --- IBSI-1 reference values ----------------------------------------------------------
 
 
-def _reference(name: str) -> dict[str, tuple[float, float]]:
-    path = IBSI / "reference_values" / "mirp_format" / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent: the IBSI-1 reference data live in ../shared/reference/ibsi")
-    table = {}
-    with path.open(newline="") as handle:
-        for row in csv.reader(handle, delimiter=";"):
-            if row[2].startswith(FAMILIES):
-                table[row[2]] = (float(row[0]), float(row[1]))
-    return table
-
-
-def _round3(value: float) -> float:
-    if value == 0 or not math.isfinite(value):
-        return value
-    return round(value, 3 - int(math.floor(math.log10(abs(value)))) - 1)
-
-
-def _failures(ours: dict[str, float], reference: dict[str, tuple[float, float]]) -> list[str]:
-    failures = []
-    for tag, (expected, tolerance) in reference.items():
-        if tag not in ours:
-            failures.append(f"{tag}: missing")
-        elif not abs(_round3(ours[tag]) - expected) <= tolerance:
-            failures.append(f"{tag}: {ours[tag]:.6g} vs {expected} +- {tolerance}")
-    return failures
-
-
-def test_digital_phantom_reference_values():
-    reference = _reference("ibsi_1_dig_phantom.csv")
-    sitk = pytest.importorskip("SimpleITK")
-    levels = sitk.GetArrayFromImage(sitk.ReadImage(str(IBSI / "digital_phantom" / "phantom.nii.gz")))
-    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(IBSI / "digital_phantom" / "mask.nii.gz"))) > 0
+def test_digital_phantom_reference_values(ibsi_phantom):
+    image, mask = ibsi_phantom
     # No discretisation: the grey levels are the image values 1..6 (levels 2 and 5 unused).
+    levels = image.astype(np.int64)
     ours = {}
     ours.update(glszm_features(levels, mask, 6))
     ours.update(gldzm_features(levels, mask, 6, morph_mask=mask))
     ours.update(ngtdm_features(levels, mask, 6))
     ours.update(ngldm_features(levels, mask, 6))
+    reference = ibsi_reference("phantom", FAMILIES)
     assert len(reference) == 3 * (16 + 16 + 5 + 17)
     assert set(ours) == set(reference)
-    assert _failures(ours, reference) == []
-
-
-@pytest.fixture(scope="module")
-def chest_rois():
-    """The CT phantom preprocessed for configurations A-E (cached: each takes < 0.5 s)."""
-    sitk = pytest.importorskip("SimpleITK")
-    folder = IBSI / "ct_radiomics_phantom"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent: the IBSI-1 reference data live in ../shared/reference/ibsi")
-    from ImagInfoExtension.radiomics.preprocess import prepare_roi
-    from ImagInfoExtension.radiomics.settings import load_preset
-
-    image = sitk.ReadImage(str(folder / "phantom.nii.gz"))
-    mask = sitk.ReadImage(str(folder / "mask.nii.gz"))
-    return {config: prepare_roi(image, mask, load_preset(f"ibsi-{config}")) for config in "ABCDE"}
+    assert mismatches(ours, "phantom", FAMILIES) == []
 
 
 @pytest.mark.parametrize("config", list("ABCDE"))
-def test_chest_configuration_reference_values(chest_rois, config):
-    reference = _reference(f"ibsi_1_chest_config_{config.lower()}.csv")
-    roi = chest_rois[config]
+def test_chest_configuration_reference_values(ibsi_roi, config):
+    roi = ibsi_roi(config)
     dims = ("2D", "2_5D") if config in "AB" else ("3D",)
     args = (roi.levels, roi.int_mask, roi.n_levels)
     ours = {}
@@ -259,16 +213,14 @@ def test_chest_configuration_reference_values(chest_rois, config):
     ours.update(gldzm_features(*args, morph_mask=roi.morph_mask, dimensions=dims))
     ours.update(ngtdm_features(*args, dimensions=dims))
     ours.update(ngldm_features(*args, dimensions=dims))
-    assert len(reference) == len(dims) * (16 + 16 + 5 + 17)
-    assert _failures(ours, reference) == []
+    assert len(ibsi_reference(config, FAMILIES)) == len(dims) * (16 + 16 + 5 + 17)
+    assert mismatches(ours, config, FAMILIES) == []
 
 
-def test_gldzm_reference_needs_the_morphological_mask(chest_rois):
+def test_gldzm_reference_needs_the_morphological_mask(ibsi_roi):
     # Configuration D's outlier resegmentation punches holes in the intensity mask; the
     # reference distances are those to the edge of the morphological mask, not of the holes.
-    reference = _reference("ibsi_1_chest_config_d.csv")
-    roi = chest_rois["D"]
+    roi = ibsi_roi("D")
     assert np.any(roi.morph_mask & ~roi.int_mask)
     on_int = gldzm_features(roi.levels, roi.int_mask, roi.n_levels, dimensions=("3D",))
-    expected, tolerance = reference["dzm_lde_3D"]
-    assert abs(_round3(on_int["dzm_lde_3D"]) - expected) > tolerance
+    assert not within_tolerance(on_int["dzm_lde_3D"], *ibsi_reference("D", "dzm_lde_3D")["dzm_lde_3D"])
