@@ -158,8 +158,9 @@ def within_tolerance(value: float, reference: float, tolerance: float) -> bool:
     The MANIFEST's rule (that of IBSI's reference implementation): the value rounded to 3
     significant digits lies within `tolerance` of `reference`. The reference values are
     published to 3 significant digits, except exact counts and sizes (125256 voxels,
-    3065 HU) whose tolerance is 0 and which no 3-digit rounding can reach; a value that
-    lies within the tolerance unrounded therefore matches too.
+    3065 HU) whose tolerance is 0 and which no 3-digit rounding can reach; against such a
+    reference a value that lies within the tolerance unrounded matches too. Equality on
+    a tolerance's edge is decided as in decimals (the last bits of binary are forgiven).
 
     Parameters
     ----------
@@ -178,7 +179,10 @@ def within_tolerance(value: float, reference: float, tolerance: float) -> bool:
         return False
     # The tables' decimals and our rounding meet in binary: allow for the last bits.
     slack = tolerance + 1e-12 * max(1.0, abs(reference))
-    return abs(round_significant(value) - reference) <= slack or abs(value - reference) <= slack
+    if abs(round_significant(value) - reference) <= slack:
+        return True
+    # Only a reference of more than 3 significant digits (an exact count) is compared unrounded.
+    return round_significant(reference) != reference and abs(value - reference) <= slack
 
 
 def default_ibsi_data_dir() -> Path:
