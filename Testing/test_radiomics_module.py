@@ -22,7 +22,7 @@ import SimpleITK as sitk  # noqa: E402
 import slicer_harness  # noqa: E402
 
 from ImagInfoExtension import bridge  # noqa: E402
-from ImagInfoExtension.radiomics.extract import extract_features, image_digest  # noqa: E402
+from ImagInfoExtension.radiomics.extract import FEATURE_COLUMNS, extract_features, image_digest  # noqa: E402
 from ImagInfoExtension.radiomics.settings import FAMILIES, IMAGE_TYPES, PRESET_NAMES, load_preset  # noqa: E402
 
 MODULE_NAME = "ImagInfoRadiomics"
@@ -397,3 +397,116 @@ def test_pyradiomics_mode_runs_a_pyradiomics_parameter_file(module, slicer_scene
     assert frame.groupby("segment").size().to_dict() == {"left": 18, "right": 18}
     assert table.GetAttribute(ATTRIBUTE + "engine") == "pyradiomics"
     assert table.GetAttribute(ATTRIBUTE + "mode") == "pyradiomics"
+
+
+# ----------------------------------------------------------------------------------------
+# Reproducibility (in-process, as `imaginfo radiomics-robustness`)
+
+GROUP_BY = ["recon", "dose_mgy"]
+CONDITIONS = [("FBP", 4.0), ("IR", 4.0), ("FBP", 1.0)]
+
+
+def _reproducibility_features(seed: int = 5) -> pd.DataFrame:
+    """A tidy table of 10 ROIs under 3 recon x dose conditions: ``stat_mean`` follows the ROI (robust),
+    ``stat_noise`` is drawn anew under each condition."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(100.0, 20.0, 10)
+    rows = []
+    for recon, dose in CONDITIONS:
+        case = f"{recon} {dose:g} mGy"
+        for number, value in enumerate(truth):
+            for feature, measured in (("stat_mean", value + rng.normal(0.0, 0.5)), ("stat_noise", rng.normal(100, 20))):
+                rows.append([case, f"roi{number}", "", "original", "stat", feature, measured, feature, recon, dose])
+    return pd.DataFrame(rows, columns=[*FEATURE_COLUMNS, *GROUP_BY])
+
+
+def test_robustness_is_feature_robustness_from_a_frame_a_table_or_a_csv(module, slicer_scene, tmp_path):
+    from ImagInfoExtension.radiomics.robustness import feature_ccc, feature_robustness
+
+    features = _reproducibility_features()
+    reference = {"recon": "FBP", "dose_mgy": 4.0}
+    direct = feature_robustness(features, GROUP_BY, reference, ccc_threshold=0.9)
+    assert direct["robust"].tolist() == [True, False]
+    logic = module.ImagInfoRadiomicsLogic()
+    summary, table = logic.robustness(
+        features, groupBy=GROUP_BY, reference={"recon": "FBP", "dose_mgy": "4.0"}, cccThreshold=0.9
+    )
+    pd.testing.assert_frame_equal(summary, direct)
+    assert table.GetNumberOfRows() == 2 and table.GetName() == "Radiomics robustness"
+    assert bridge.dataframe_from_table_node(table)["robust"].tolist() == [True, False]
+    ccc_table = table.GetNodeReference(module.CCC_TABLE_REFERENCE)
+    ccc = bridge.dataframe_from_table_node(ccc_table)
+    expected = feature_ccc(features, GROUP_BY, reference)
+    assert ccc["condition"].tolist() == expected["condition"].tolist() and len(ccc) == 2 * 2
+    assert ccc["ccc"].to_numpy() == pytest.approx(expected["ccc"].to_numpy())
+    assert table.GetAttribute(module.ROBUSTNESS_ATTRIBUTE + "group_by") == '["recon", "dose_mgy"]'
+    assert table.GetAttribute(module.ROBUSTNESS_ATTRIBUTE + "ccc_threshold") == "0.9"
+    count = slicer.mrmlScene.GetNumberOfNodes()
+    _summary, again = logic.robustness(features, GROUP_BY, {"recon": "FBP", "dose_mgy": 4}, cccThreshold=0.95)
+    assert again is table and slicer.mrmlScene.GetNumberOfNodes() == count, "a re-run updates both tables"
+
+    # A table node (the panel's text fields as they are typed) and a CSV give the same summary.
+    node = bridge.table_node_from_dataframe(features, slicer.mrmlScene, "study features")
+    typed = logic.robustness(node, "recon, dose_mgy", "recon=FBP, dose_mgy=4.0", cccThreshold=0.9, createTable=False)
+    pd.testing.assert_frame_equal(typed, direct)
+    features.to_csv(tmp_path / "features.csv", index=False)
+    from_csv = logic.robustness(tmp_path / "features.csv", GROUP_BY, "recon=FBP,dose_mgy=4", createTable=False)
+    pd.testing.assert_frame_equal(from_csv, direct)
+    assert slicer.mrmlScene.GetNumberOfNodes() == count + 1, "createTable=False makes no node"
+
+
+def test_bad_reproducibility_input_says_why_and_adds_no_node(module, slicer_scene, tmp_path):
+    features = _reproducibility_features()
+    logic = module.ImagInfoRadiomicsLogic()
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match=r"group_by names 'scanner', which is not a column.*recon, dose_mgy"):
+        logic.robustness(features, ["scanner"], {"scanner": "A"})
+    with pytest.raises(ValueError, match=r"reference recon='OSEM' is not in the table.*FBP, IR"):
+        logic.robustness(features, GROUP_BY, "recon=OSEM, dose_mgy=4.0")
+    with pytest.raises(ValueError, match="write column=value pairs"):
+        logic.robustness(features, GROUP_BY, "recon FBP")
+    with pytest.raises(ValueError, match="does not exist"):
+        logic.robustness(tmp_path / "missing.csv", GROUP_BY, "recon=FBP, dose_mgy=4.0")
+    assert slicer.mrmlScene.GetNumberOfNodes() == before and not _table_nodes()
+
+
+def test_panel_analyses_a_manifest_batch_table(tmp_path):
+    from test_slicer_modules import _load_module_source
+
+    from ImagInfoExtension.radiomics.extract import FAILURE_COLUMNS, LESION_COLUMNS
+
+    with slicer_harness.application((5, 12)):
+        module = _load_module_source(MODULE_DIR)
+        widget = module.ImagInfoRadiomicsWidget()
+        widget.setup()
+        ui, parameters = widget.ui, widget._parameterNode
+        assert parameters.robustnessCccThreshold == pytest.approx(0.9)
+        ui.robustnessButton.click()
+        assert ui.statusLabel.text == "Not analysed: Choose the feature table (or a features CSV) to analyse."
+        # A finished manifest batch (its factors read back as text) becomes the section's input.
+        features = _reproducibility_features().astype({"dose_mgy": str})
+        outputs = {
+            "features": features,
+            "failures": pd.DataFrame(columns=list(FAILURE_COLUMNS)),
+            "lesions": pd.DataFrame(columns=list(LESION_COLUMNS)),
+            "provenance": {"engine": "ImagInfo IBSI-1 engine", "settings_name": "ct", "warnings": []},
+        }
+        job = type("FinishedJob", (), {"context": {"key": "manifest:study.csv", "name": "Radiomics study"}})()
+        job.result = lambda: outputs
+        widget.logic.finishJob(job, parameters)
+        assert parameters.robustnessFeatures is parameters.outputTable is not None
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        parameters.robustnessGroupBy = "recon, scanner"
+        parameters.robustnessReference = "recon=FBP, scanner=A"
+        ui.robustnessButton.click()
+        assert ui.statusLabel.text.startswith("Not analysed: group_by names 'scanner', which is not a column")
+        assert slicer.mrmlScene.GetNumberOfNodes() == count, "no half-made table"
+        assert "errorDisplay" not in [kind for kind, _ in slicer_harness.EVENTS], "the reason is in the status"
+        parameters.robustnessGroupBy = "recon, dose_mgy"
+        parameters.robustnessReference = "recon=FBP, dose_mgy=4.0"
+        ui.robustnessButton.click()
+        assert ui.statusLabel.text == "1 of 2 features robust (CCC ≥ 0.90 in every condition)."
+        assert slicer.mrmlScene.GetNumberOfNodes() == count + 2
+        summary = next(t for t in _table_nodes() if t.GetName() == "Radiomics study robustness")
+        assert summary.GetAttribute(ATTRIBUTE + "settings_name") == "ct", "the features' provenance is kept"
+        widget.cleanup()

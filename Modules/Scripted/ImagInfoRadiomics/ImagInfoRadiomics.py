@@ -7,7 +7,9 @@ reads the tidy feature table back. ``logic.extract`` runs the same engine in-pro
 for scripts. What modules share is in ``ImagInfoExtension.bridge.scaffolding``; this
 file holds what is this module's own: its description, parameter node, how the panel's
 choices become settings and the command's arguments, how the outputs become a table
-node with provenance, and its self-test.
+node with provenance, the reproducibility analysis of a feature table (in-process:
+``ImagInfoExtension.radiomics.robustness``, as ``imaginfo radiomics-robustness``), and
+its self-test.
 """
 
 import re
@@ -45,6 +47,12 @@ IMAGE_TYPE_PARAMETERS = {"Original": "imageOriginal", "LoG": "imageLoG", "Wavele
 #: Prefix of the provenance attributes of a feature table node.
 PROVENANCE_ATTRIBUTE = "ImagInfo.radiomics."
 
+#: Prefix of the attributes of a reproducibility table node (group-by, reference, threshold, input).
+ROBUSTNESS_ATTRIBUTE = "ImagInfo.robustness."
+
+#: Node reference from a reproducibility summary table to its per-condition CCC table.
+CCC_TABLE_REFERENCE = "ImagInfo.robustness.ccc"
+
 
 #: Columns of the manifest the logic writes (``imaginfo radiomics --manifest``).
 MANIFEST_COLUMNS = ["case", "image", "mask", "label", "segment"]
@@ -73,9 +81,12 @@ class ImagInfoRadiomics(ImagInfoModule):
                 "it is installed. The Batch tab extracts every volume/segmentation pair of the scene, or a "
                 "manifest of files. Results go to a table node with the engine, settings hash and inputs as "
                 "attributes, and can be saved as CSV. The work runs as a separate process with Slicer's Python; "
-                "Cancel stops it. From the Python console (in-process, synchronous): "
-                "<code>frame, table = slicer.util.getModuleLogic('ImagInfoRadiomics').extract(volumeNode, "
-                "segmentationNode, preset='ibsi-C')</code>."
+                "Cancel stops it. The Reproducibility section reads a feature table with factor columns (a "
+                "manifest batch's, or a CSV) and gives each feature's ICC(2,1), ICC(3,1) and Lin's CCC of every "
+                "condition against a reference, and whether it is robust. From the Python console (in-process, "
+                "synchronous): <code>frame, table = slicer.util.getModuleLogic('ImagInfoRadiomics').extract("
+                "volumeNode, segmentationNode, preset='ibsi-C')</code>; <code>summary, table = logic.robustness("
+                "features, groupBy=['recon', 'dose_mgy'], reference={'recon': 'FBP', 'dose_mgy': '4.0'})</code>."
             ),
         )
 
@@ -97,6 +108,10 @@ class ImagInfoRadiomicsParameterNode:
     imageOriginal, imageLoG (with logSigmasMm), imageWavelet - image types computed.
     perLesion, minLesionVolumeMl - one feature set per connected component of at least this volume.
     outputTable - the latest run's feature table (saved by "Save as CSV" to csvFile).
+    robustnessFeatures, robustnessFeaturesFile - the Reproducibility section's feature table (a file wins).
+    robustnessGroupBy, robustnessReference - factor columns ("recon, dose_mgy") and the reference
+        condition ("recon=FBP, dose_mgy=4.0"); both empty for a test-retest table (repetition column).
+    robustnessCccThreshold - a feature is robust when its CCC is at least this under every condition.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -125,6 +140,11 @@ class ImagInfoRadiomicsParameterNode:
     minLesionVolumeMl: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
     outputTable: vtkMRMLTableNode
     csvFile: Path
+    robustnessFeatures: vtkMRMLTableNode
+    robustnessFeaturesFile: Path
+    robustnessGroupBy: str = ""
+    robustnessReference: str = ""
+    robustnessCccThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.90
 
 
 #
@@ -138,6 +158,9 @@ class ImagInfoRadiomicsWidget(ImagInfoModuleWidget):
         self.connectJob(self.ui.batchSceneButton, self.logic.startSceneBatch, batchFailed)
         self.connectJob(self.ui.batchManifestButton, self.logic.startManifestBatch, batchFailed)
         self.connectAction(self.ui.saveCsvButton, self.saveCsv, _("Could not save the table."))
+        self.connectAction(
+            self.ui.robustnessButton, self.analyseRobustness, _("Could not analyse the feature reproducibility.")
+        )
         available, message = self.logic.pyradiomicsStatus()
         self.ui.modeComboBox.enabled = available
         if not available:
@@ -148,6 +171,13 @@ class ImagInfoRadiomicsWidget(ImagInfoModuleWidget):
     def saveCsv(self):
         parameters = self._parameterNode
         return self.logic.saveTableAsCsv(parameters.outputTable, optionalPath(parameters.csvFile))
+
+    def analyseRobustness(self):
+        try:
+            return self.logic.analyseRobustness(self._parameterNode)
+        except ValueError as error:
+            # A column or value the table lacks is the user's to fix: the reason belongs in the status line.
+            return _("Not analysed: {reason}").format(reason=error)
 
 
 #
@@ -170,6 +200,9 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
     - the module's panel (and :meth:`extractInBackground`, :meth:`startSceneBatch`,
       :meth:`startManifestBatch`) run ``imaginfo radiomics --manifest`` as a child
       process with progress and Cancel, so that Slicer stays responsive.
+
+    :meth:`robustness` assesses the reproducibility of the features of a table with
+    factor columns (ICC and Lin's CCC across conditions), in-process: it takes a second.
     """
 
     parameterNodeClass = ImagInfoRadiomicsParameterNode
@@ -620,6 +653,9 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
         nodes = self.createOutputNodes(outputs, job.context)
         if nodes["table"] is not None:
             parameterNode.outputTable = nodes["table"]
+            if str(job.context.get("key", "")).startswith("manifest:"):
+                # A manifest's factor columns are what the Reproducibility section analyses.
+                parameterNode.robustnessFeatures = nodes["table"]
             self.showTableAndPlot(nodes["table"], None)
         return self.statusText(outputs)
 
@@ -750,6 +786,165 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
                 "warnings": warnings,
             },
         }
+
+    # Reproducibility ----------------------------------------------------------------
+
+    @staticmethod
+    def parseColumns(text):
+        """``"recon, dose_mgy"`` → ``["recon", "dose_mgy"]`` (commas or semicolons separate); empty → ``[]``."""
+        return [part.strip() for part in re.split(r"[,;]", text or "") if part.strip()]
+
+    @staticmethod
+    def parseReference(text):
+        """``"recon=FBP, dose_mgy=4.0"`` → ``{"recon": "FBP", "dose_mgy": "4.0"}``; empty → ``{}``.
+
+        Values stay text: the analysis matches ``"4.0"`` to a dose of 4.0 in the table.
+        """
+        reference = {}
+        for part in re.split(r"[,;]", text or ""):
+            if not part.strip():
+                continue
+            column, _equals, value = part.partition("=")
+            if not column.strip() or not value.strip():
+                raise ValueError(
+                    f"reference {text!r}: write column=value pairs separated by commas, e.g. recon=FBP, dose_mgy=4.0"
+                )
+            reference[column.strip()] = value.strip()
+        return reference
+
+    def featuresFrame(self, features):
+        """A features table given as a DataFrame, a table node or a CSV path, as
+        ``(frame, name, key, attributes)``: its name and output key, and the provenance
+        attributes a table node carries (kept on the reproducibility table)."""
+        import pandas as pd
+
+        from ImagInfoExtension.bridge.tables import dataframe_from_table_node
+
+        if isinstance(features, pd.DataFrame):
+            return features, "Radiomics", "frame", {}
+        if isinstance(features, (str, Path)):
+            path = Path(features)
+            if not path.is_file():
+                raise ValueError(f"the features file {path} does not exist; choose a features CSV")
+            # As `imaginfo radiomics-robustness` reads it: "" stays an empty lesion, only values become NaN.
+            frame = pd.read_csv(path, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+            return frame, path.stem, f"file:{path.resolve()}", {}
+        if features is not None and hasattr(features, "IsA") and features.IsA("vtkMRMLTableNode"):
+            attributes = {
+                name: features.GetAttribute(name)
+                for name in (features.GetAttributeNames() or ())
+                if name.startswith(PROVENANCE_ATTRIBUTE)
+            }
+            return dataframe_from_table_node(features), features.GetName(), f"table:{features.GetID()}", attributes
+        raise ValueError("give the features as a DataFrame, a table node or the path of a features CSV")
+
+    def robustness(self, features, groupBy, reference, cccThreshold=0.90, createTable=True, confidence=0.95):
+        """Reproducibility of every feature across acquisition conditions, computed in this process.
+
+        The same analysis as ``imaginfo radiomics-robustness``
+        (:func:`ImagInfoExtension.radiomics.robustness.feature_robustness`)::
+
+            logic = slicer.util.getModuleLogic("ImagInfoRadiomics")
+            summary, table = logic.robustness(getNode("Radiomics study"), groupBy=["recon", "dose_mgy"],
+                                              reference={"recon": "FBP", "dose_mgy": "4.0"})
+
+        Parameters
+        ----------
+        features : pandas.DataFrame, vtkMRMLTableNode, str or Path
+            Tidy features table (``case, segment, lesion, image_type, feature_class, feature,
+            value, ibsi_tag``) with factor columns, e.g. a manifest batch's table, or its CSV.
+        groupBy : list of str, or str
+            Factor columns whose combinations are the conditions (``"recon, dose_mgy"`` is
+            read as a list); empty for a test-retest table whose ``repetition`` is the rater.
+        reference : dict, or str
+            The reference condition, one value per ``groupBy`` column (``"recon=FBP,
+            dose_mgy=4.0"`` is read as a dict).
+        cccThreshold : float
+            A feature is robust when its CCC against the reference is at least this under
+            every other condition.
+        createTable : bool
+            Also put the summary into a table node, and each feature's CCC under each
+            condition into a second one, referenced from the first as ``CCC_TABLE_REFERENCE``
+            (``table.GetNodeReference("ImagInfo.robustness.ccc")``). A re-run on the same
+            input updates both.
+        confidence : float
+            Coverage of the confidence intervals.
+
+        Returns
+        -------
+        pandas.DataFrame, or (pandas.DataFrame, vtkMRMLTableNode) with ``createTable``
+            One row per feature: the feature key, ``n_objects, n_conditions, icc21, icc21_low,
+            icc21_high, icc31, icc31_low, icc31_high, ccc_min, ccc_min_condition, robust, reason``.
+
+        Raises
+        ------
+        ValueError
+            A group-by column the table lacks or that is no factor, a reference value the
+            table does not hold, and the other design errors of ``feature_robustness``;
+            nothing is added to the scene then.
+        """
+        import json
+
+        from ImagInfoExtension.bridge.tables import table_node_from_dataframe
+        from ImagInfoExtension.radiomics.robustness import feature_ccc, feature_robustness
+
+        frame, name, key, inputAttributes = self.featuresFrame(features)
+        groupBy = self.parseColumns(groupBy) if isinstance(groupBy, str) else list(groupBy or [])
+        reference = self.parseReference(reference) if isinstance(reference, str) else dict(reference or {})
+        cccThreshold = float(cccThreshold)
+        summary = feature_robustness(frame, groupBy, reference, ccc_threshold=cccThreshold, confidence=confidence)
+        if not createTable:
+            return summary
+        # Both tables are computed before any node is made, so that bad input leaves the scene as it was.
+        ccc = feature_ccc(frame, groupBy, reference, confidence=confidence)
+        attributes = dict(inputAttributes)
+        attributes.update(
+            {
+                ROBUSTNESS_ATTRIBUTE + "features": name,
+                ROBUSTNESS_ATTRIBUTE + "group_by": json.dumps(groupBy),
+                ROBUSTNESS_ATTRIBUTE + "reference": json.dumps(reference, default=str),
+                ROBUSTNESS_ATTRIBUTE + "ccc_threshold": repr(cccThreshold),
+                ROBUSTNESS_ATTRIBUTE + "confidence": repr(float(confidence)),
+            }
+        )
+        with self.outputNodes(f"robustness {key}") as nodes:
+            table = nodes.node("robustness", "vtkMRMLTableNode", f"{name} robustness")
+            table_node_from_dataframe(summary, self.scene, table.GetName(), node=table)
+            cccTable = nodes.node("robustness CCC", "vtkMRMLTableNode", f"{name} robustness CCC")
+            table_node_from_dataframe(ccc, self.scene, cccTable.GetName(), node=cccTable)
+            for node in (table, cccTable):
+                for attribute in list(node.GetAttributeNames() or ()):
+                    if attribute.startswith((ROBUSTNESS_ATTRIBUTE, PROVENANCE_ATTRIBUTE)):
+                        node.RemoveAttribute(attribute)
+                for attribute, value in attributes.items():
+                    node.SetAttribute(attribute, value)
+            table.SetNodeReferenceID(CCC_TABLE_REFERENCE, cccTable.GetID())
+        return summary, table
+
+    @staticmethod
+    def robustnessStatus(summary, cccThreshold):
+        """``"3 of 40 features robust (CCC ≥ 0.90 in every condition)."``, and how many could not be assessed."""
+        threshold = f"{cccThreshold:.2f}" if round(cccThreshold, 2) == cccThreshold else f"{cccThreshold:g}"
+        text = _("{robust} of {total} features robust (CCC ≥ {threshold} in every condition).").format(
+            robust=int(summary["robust"].astype(bool).sum()), total=len(summary), threshold=threshold
+        )
+        unassessed = int((summary["reason"].astype(str) != "").sum())
+        if unassessed:
+            text += " " + _("{count} could not be assessed (see the reason column).").format(count=unassessed)
+        return text
+
+    def analyseRobustness(self, parameterNode):
+        """The Reproducibility section's Analyse: its table (or CSV file) into two table nodes; the status text."""
+        featuresFile = optionalPath(parameterNode.robustnessFeaturesFile)
+        features = featuresFile if featuresFile is not None else parameterNode.robustnessFeatures
+        if features is None:
+            raise ValueError(_("Choose the feature table (or a features CSV) to analyse."))
+        threshold = parameterNode.robustnessCccThreshold
+        summary, table = self.robustness(
+            features, parameterNode.robustnessGroupBy, parameterNode.robustnessReference, cccThreshold=threshold
+        )
+        self.showTableAndPlot(table, None)
+        return self.robustnessStatus(summary, threshold)
 
     # Outputs ------------------------------------------------------------------------
 
@@ -904,4 +1099,23 @@ class ImagInfoRadiomicsTest(ImagInfoModuleTest):
         count = self.scene.GetNumberOfNodes()
         _frame, again = logic.extract(volumeNode, segmentationNode, preset="ibsi-C", families=["stat"])
         assert again is table and self.scene.GetNumberOfNodes() == count, "a re-run updates the same table"
+        self.delayDisplay("Test passed")
+
+    def test_reproducibility_of_a_two_condition_study(self):
+        self.delayDisplay("Assessing the reproducibility of two features")
+        import numpy as np
+        import pandas as pd
+
+        rng = np.random.default_rng(7)
+        truth = rng.normal(100.0, 20.0, 8)
+        rows = [
+            [recon, f"roi{n}", "", "original", "stat", feature, value, feature, recon]
+            for recon in ("FBP", "IR")
+            for n, t in enumerate(truth)
+            for feature, value in (("stat_mean", t + rng.normal(0.0, 0.5)), ("stat_noise", rng.normal(100.0, 20.0)))
+        ]
+        columns = ["case", "segment", "lesion", "image_type", "feature_class", "feature", "value", "ibsi_tag", "recon"]
+        summary, table = ImagInfoRadiomicsLogic().robustness(pd.DataFrame(rows, columns=columns), "recon", "recon=FBP")
+        assert summary["robust"].tolist() == [True, False]
+        assert table.GetNodeReference(CCC_TABLE_REFERENCE).GetNumberOfRows() == 2
         self.delayDisplay("Test passed")
