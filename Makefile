@@ -34,11 +34,14 @@ demo: $(STAMP_CORE)
 test: $(STAMP_TEST)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
+# mirp (IBSI's reference implementation) is a benchmark-only peer of the radiomics engine.
 bench: $(STAMP_CORE)
+	$(PIP) install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench_phantom.py
 	$(PY) benchmarks/bench_vessels.py
 	$(PY) benchmarks/bench_batch.py
 	$(PY) benchmarks/bench_runner.py
+	$(PY) benchmarks/bench_radiomics.py
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .
