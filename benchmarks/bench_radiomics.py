@@ -544,6 +544,9 @@ def batch(folder: Path) -> dict:
                     "failed": len(summary.failed),
                     "mean_case_s": round(sum(case_seconds) / len(case_seconds), 2),
                     "min_case_s": round(min(case_seconds), 2),
+                    # Cases running at once on average (ideal: the number of workers): the engine's
+                    # scheduling, whatever else slows every case down.
+                    "concurrency": round(sum(case_seconds) / summary.wall_s, 2),
                     "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 }
             )
@@ -562,10 +565,11 @@ def batch(folder: Path) -> dict:
         ],
         "target_speedup": 1.7,
         "note": (
-            "speed-up of the fastest of each (run_manifest's batch wall time, Dask start-up included, each run from "
-            "an empty output folder); the engine's defaults: 1 worker gets both cores for SimpleITK/BLAS threads, "
-            "2 workers 1 thread each; a 1-minute load average above ~0.5 before a run means other processes "
-            "shared the 2 cores"
+            "speed-up of the fastest run of each (run_manifest's batch wall time, Dask start-up included, each run "
+            "from an empty output folder); above 2 means the 1-worker runs were slowed by other load (compare "
+            "mean_case_s); concurrency = summed case time / wall time. The engine's defaults: 1 worker gets both "
+            "cores for SimpleITK/BLAS threads, 2 workers 1 thread each; a 1-minute load average above ~0.5 before "
+            "a run means other processes shared the 2 cores"
         ),
     }
 
