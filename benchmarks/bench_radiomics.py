@@ -566,10 +566,10 @@ def batch(folder: Path) -> dict:
         "target_speedup": 1.7,
         "note": (
             "speed-up of the fastest run of each (run_manifest's batch wall time, Dask start-up included, each run "
-            "from an empty output folder); above 2 means the 1-worker runs were slowed by other load (compare "
-            "mean_case_s); concurrency = summed case time / wall time. The engine's defaults: 1 worker gets both "
-            "cores for SimpleITK/BLAS threads, 2 workers 1 thread each; a 1-minute load average above ~0.5 before "
-            "a run means other processes shared the 2 cores"
+            "from an empty output folder); above 2 when the 1-worker runs' cases are slower than the 2-worker "
+            "runs' (compare mean_case_s); concurrency = summed case time / wall time, the engine's scheduling apart "
+            "from the cases' speed. The engine's defaults: 1 worker gets both cores for SimpleITK/BLAS threads, "
+            "2 workers 1 thread each. The load averages include this benchmark's own previous step"
         ),
     }
 
