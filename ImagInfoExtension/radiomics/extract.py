@@ -204,14 +204,21 @@ def align_mask(image: sitk.Image, mask: sitk.Image, warnings: list[str]) -> sitk
     if mask.GetNumberOfComponentsPerPixel() != 1:
         raise RadiomicsInputError("the mask has several components per voxel; give a scalar label map")
     image_grid, mask_grid = ImageGrid.from_sitk(image), ImageGrid.from_sitk(mask)
+    if not np.issubdtype(sitk.GetArrayViewFromImage(mask).dtype, np.integer):
+        values = sitk.GetArrayViewFromImage(mask)
+        if not np.array_equal(values, np.round(values)) or (values < 0).any():
+            raise RadiomicsInputError(
+                "the mask holds fractional or negative values; a label map holds whole label numbers 0, 1, 2, ..."
+            )
+        mask = sitk.Cast(mask, sitk.sitkUInt32)
     if image_grid.same_as(mask_grid):
         if mask.GetOrigin() != image.GetOrigin() or mask.GetSpacing() != image.GetSpacing():
             mask = sitk.Image(mask)
             mask.CopyInformation(image)
-        return sitk.Cast(mask, sitk.sitkUInt32) if mask.GetPixelID() != sitk.sitkUInt32 else mask
+        return mask
     labels_before = sitk.GetArrayViewFromImage(mask)
     had_voxels = int(np.count_nonzero(labels_before))
-    resampled = sitk.Resample(sitk.Cast(mask, sitk.sitkUInt32), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    resampled = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     kept = int(np.count_nonzero(sitk.GetArrayViewFromImage(resampled)))
     if had_voxels and kept == 0:
         raise RadiomicsInputError(
@@ -224,6 +231,23 @@ def align_mask(image: sitk.Image, mask: sitk.Image, warnings: list[str]) -> sitk
         "it was resampled onto the image with nearest-neighbour interpolation"
     )
     return resampled
+
+
+def labels_present(label_array: np.ndarray) -> list[int]:
+    """The non-zero labels of a label map, ascending.
+
+    A count per label rather than a sort of every voxel: this runs once per image, and
+    in pyradiomics-compatible mode it is part of our overhead over plain pyradiomics.
+    """
+    if label_array.size == 0:
+        return []
+    lowest, highest = int(label_array.min()), int(label_array.max())
+    if lowest < 0:
+        raise RadiomicsInputError("the mask holds negative labels; a label map holds 0 (background) and 1, 2, ...")
+    if highest <= 1:
+        return [1] if highest == 1 else []
+    counts = np.bincount(label_array.ravel(), minlength=highest + 1)
+    return [int(v) for v in np.flatnonzero(counts[1:]) + 1]
 
 
 def check_roi(image_array: np.ndarray, roi_mask: np.ndarray, name: str, settings: RadiomicsSettings) -> None:
@@ -291,6 +315,7 @@ def _roi_rows(
     settings: RadiomicsSettings,
     identity: dict[str, object],
     timings: dict[str, float],
+    label: int = 1,
 ) -> list[dict]:
     from ImagInfoExtension.radiomics.preprocess import prepare_roi
 
@@ -323,7 +348,7 @@ def _roi_rows(
         from ImagInfoExtension.radiomics.pyradiomics_mode import extract_pyradiomics
 
         start = time.perf_counter()
-        for row in extract_pyradiomics(image, mask_image, settings, label=1):
+        for row in extract_pyradiomics(image, mask_image, settings, label=label):
             rows.append({**identity, **{k: row[k] for k in FEATURE_COLUMNS[3:]}})
         timings["pyradiomics"] = timings.get("pyradiomics", 0.0) + time.perf_counter() - start
     return rows
@@ -338,7 +363,7 @@ def _binary(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
 def image_digest(image: sitk.Image) -> str:
     """SHA-256 of an image's voxels and geometry: the input identity in provenance."""
     digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
+    digest.update(memoryview(np.ascontiguousarray(sitk.GetArrayViewFromImage(image))).cast("B"))
     digest.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())).encode())
     return digest.hexdigest()
 
@@ -409,7 +434,7 @@ def extract_features(
     result = RadiomicsResult()
     mask = align_mask(image, mask, result.warnings)
     label_array = sitk.GetArrayViewFromImage(mask)
-    present = sorted(int(v) for v in np.unique(label_array) if v != 0)
+    present = labels_present(label_array)
     chosen = list(labels) if labels is not None else present
     if not chosen:
         raise RadiomicsInputError(
@@ -460,7 +485,12 @@ def extract_features(
             where = f"segment '{name}'" + (f" lesion {lesion_id}" if lesion_id else "")
             try:
                 check_roi(image_array, roi_mask, where, settings)
-                result.rows.extend(_roi_rows(image, _binary(roi_mask, image), settings, identity, timings))
+                if settings.mode == "pyradiomics" and not lesion_id:
+                    # pyradiomics takes the label map and the label as they are (no copy).
+                    roi_image, roi_label = mask, label
+                else:
+                    roi_image, roi_label = _binary(roi_mask, image), 1
+                result.rows.extend(_roi_rows(image, roi_image, settings, identity, timings, label=roi_label))
             except (RadiomicsInputError, ValueError) as error:
                 result.failures.append({**identity, "error": f"{where}: {error}"})
         if progress is not None:
