@@ -157,8 +157,8 @@ def test_the_runner_runs_any_plugins_over_any_factors(kernel_study, tmp_path):
 
 
 def test_unknown_plugins_and_settings_are_refused(kernel_study, tmp_path):
-    with pytest.raises(ValueError, match="unknown measurement plugin 'radiomics'"):
-        load_plugin("radiomics")
+    with pytest.raises(ValueError, match="unknown measurement plugin 'segmentation'"):
+        load_plugin("segmentation")
     with pytest.raises(ValueError, match="cannot be loaded"):
         load_plugin("no_such_module:Plugin")
     with pytest.raises(ValueError, match="settings for plugin.*per_class"):
@@ -167,6 +167,10 @@ def test_unknown_plugins_and_settings_are_refused(kernel_study, tmp_path):
         load_plugin("image_quality").settings({"roi_size": 3})
     with pytest.raises(ValueError, match="vessels plugin: unknown setting"):
         load_plugin("vessels").settings({"vesel_hu": 3})
+    with pytest.raises(ValueError, match="radiomics plugin: unknown setting"):
+        load_plugin("radiomics").settings({"preset_name": "ct"})
+    with pytest.raises(ValueError, match="radiomics plugin: segments"):
+        load_plugin("radiomics").settings({"segments": ["lungs"]})
 
 
 # --- one metric registry ----------------------------------------------------------------

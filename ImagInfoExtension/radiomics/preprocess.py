@@ -11,8 +11,12 @@ Steps (IBSI-1 reference manual, chapter 2), in order:
    (in-plane resampling of the 2D configurations). The image is interpolated (linear,
    cubic B-spline or nearest, edges extended by the nearest voxel as in IBSI's reference
    implementation) and rounded to whole numbers when ``settings.round_intensities``.
-3. The mask's partial-volume fraction is interpolated linearly on the same grid and
-   voxels at or above ``settings.mask_threshold`` form the morphological mask.
+3. The mask's partial-volume fraction is interpolated linearly on the same grid, its
+   edges extended by the nearest voxel as the image's are, and voxels at or above
+   ``settings.mask_threshold`` form the morphological mask. (mirp pads the mask with 0
+   instead, so where a ROI touches the image border and the new grid's outermost centres
+   lie beyond the original ones, it drops those voxels and we keep them; IBSI-1 leaves
+   the border open, and no IBSI-1 case has a ROI at the border.)
 4. Resegmentation of the intensity mask: the range ``[lower, upper]`` (inclusive),
    then outliers beyond mean ± sigma SD of the range-resegmented ROI.
 5. Discretisation (:func:`~ImagInfoExtension.radiomics.discretise.discretise`); fixed
