@@ -268,3 +268,40 @@ def test_segmentation_node_reuse_replaces_its_segments():
     assert again is node and node.GetSegmentation().GetNumberOfSegments() == 1
     back = bridge.label_map_from_segmentation_node(node, volume)
     assert np.array_equal(sitk.GetArrayFromImage(back.image), fewer)
+
+
+def _roi_node(centre_ras, size_mm, angle_deg):
+    roi = slicer.vtkMRMLMarkupsROINode()
+    roi.SetCenterWorld(*centre_ras)
+    roi.SetSizeWorld(*size_mm)
+    a = np.deg2rad(angle_deg)
+    rotation = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation
+    matrix[:3, 3] = centre_ras
+    roi.SetAndObserveObjectToNodeMatrix(bridge.volumes.numpy_to_matrix(matrix))
+    return roi
+
+
+def test_roi_mask_tests_only_the_rois_box_and_equals_the_whole_grid_test():
+    from ImagInfoExtension.bridge.markups import mask_from_roi_node
+    from ImagInfoExtension.bridge.volumes import LPS_TO_RAS, matrix_to_numpy
+
+    grid = _oblique_grid(size=(40, 36, 20))
+    scene = bridge.new_scene()
+    centre_lps = grid.physical_from_index(np.array([[20.0, 18.0, 10.0]]))[0]
+    roi = _roi_node(centre_lps @ LPS_TO_RAS[:3, :3], (9.0, 5.0, 14.0), 30.0)
+    scene.AddNode(roi)
+    mask = mask_from_roi_node(roi, grid)
+    # The same test on every voxel of the grid.
+    size, centre = np.zeros(3), np.zeros(3)
+    roi.GetSizeWorld(size)
+    roi.GetCenterWorld(centre)
+    axes = matrix_to_numpy(roi.GetObjectToWorldMatrix())[:3, :3]
+    k, j, i = np.indices(grid.shape_kji)
+    points = grid.physical_from_index(np.stack([i, j, k], axis=-1).reshape(-1, 3)) @ LPS_TO_RAS[:3, :3]
+    expected = np.all(np.abs((points - centre) @ axes) <= size / 2, axis=1).reshape(grid.shape_kji)
+    assert mask.any() and np.array_equal(mask, expected)
+    far = _roi_node((5000.0, 5000.0, 5000.0), (10.0, 10.0, 10.0), 0.0)
+    scene.AddNode(far)
+    assert not mask_from_roi_node(far, grid).any()

@@ -12,18 +12,31 @@ from ImagInfoExtension.geometry import ImageGrid
 
 
 def mask_from_roi_node(roi_node: Any, grid: ImageGrid) -> np.ndarray:
-    """Voxels of ``grid`` whose centres lie inside a markups ROI (any orientation), ``[k, j, i]`` bool."""
-    size = [0.0, 0.0, 0.0]
+    """Voxels of ``grid`` whose centres lie inside a markups ROI (any orientation), ``[k, j, i]`` bool.
+
+    Only the voxels within the ROI's bounding box on the grid are tested, so a small ROI
+    on a large CT costs little memory.
+    """
+    size = np.zeros(3)
     roi_node.GetSizeWorld(size)
-    centre = [0.0, 0.0, 0.0]
+    centre = np.zeros(3)
     roi_node.GetCenterWorld(centre)
     axes_ras = matrix_to_numpy(roi_node.GetObjectToWorldMatrix())[:3, :3]
-    k, j, i = np.indices(grid.shape_kji)
+    half = 0.5 * np.asarray(size)
+    signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=float)
+    corners_ras = centre + (signs * half) @ axes_ras.T
+    corners_ijk = grid.index_from_physical(corners_ras @ LPS_TO_RAS[:3, :3])
+    low = np.clip(np.floor(corners_ijk.min(axis=0)).astype(int) - 1, 0, np.asarray(grid.size_ijk))
+    high = np.clip(np.ceil(corners_ijk.max(axis=0)).astype(int) + 2, 0, np.asarray(grid.size_ijk))
+    mask = np.zeros(grid.shape_kji, dtype=bool)
+    if np.any(high <= low):
+        return mask
+    k, j, i = np.mgrid[low[2] : high[2], low[1] : high[1], low[0] : high[0]]
     points_lps = grid.physical_from_index(np.stack([i, j, k], axis=-1).reshape(-1, 3))
-    offsets_ras = points_lps @ LPS_TO_RAS[:3, :3] - np.asarray(centre)
-    local = offsets_ras @ axes_ras
-    inside = np.all(np.abs(local) <= 0.5 * np.asarray(size), axis=1)
-    return inside.reshape(grid.shape_kji)
+    local = (points_lps @ LPS_TO_RAS[:3, :3] - centre) @ axes_ras
+    inside = np.all(np.abs(local) <= half, axis=1).reshape(k.shape)
+    mask[low[2] : high[2], low[1] : high[1], low[0] : high[0]] = inside
+    return mask
 
 
 def model_node_from_centerlines(
