@@ -575,26 +575,12 @@ def run_radiomics(arguments: argparse.Namespace, progress: ProgressCallback) -> 
     return 0 if not result.failures else EXIT_SOME_ROIS_FAILED
 
 
-def _reference_condition(text: str, group_by: Sequence[str]) -> dict[str, str]:
-    reference: dict[str, str] = {}
-    for part in text.split(","):
-        column, _, value = part.partition("=")
-        if not column.strip() or not value.strip():
-            raise ValueError(f"--reference {text!r}: write column=value pairs, e.g. recon=FBP,dose_mgy=4.0")
-        reference[column.strip()] = value.strip()
-    return reference
-
-
 def run_radiomics_robustness(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
-    import pandas as pd
-
     from ImagInfoExtension.io import write_atomically
-    from ImagInfoExtension.radiomics.robustness import feature_robustness
+    from ImagInfoExtension.radiomics.robustness import feature_robustness, parse_reference, read_features_csv
 
-    if not arguments.features.is_file():
-        raise ValueError(f"{arguments.features} does not exist")
-    features = pd.read_csv(arguments.features, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
-    reference = _reference_condition(arguments.reference, arguments.group_by)
+    features = read_features_csv(arguments.features)
+    reference = parse_reference(arguments.reference)
     table = feature_robustness(features, arguments.group_by, reference, ccc_threshold=arguments.ccc_threshold)
     out = arguments.out or arguments.features.parent / "robustness.csv"
     write_atomically(out, lambda p: table.to_csv(p, index=False))

@@ -381,6 +381,17 @@ def engine_description(settings: RadiomicsSettings) -> dict[str, str]:
     return {"engine": "ImagInfo IBSI-1 engine", "engine_version": __version__}
 
 
+def settings_provenance(settings: RadiomicsSettings) -> dict[str, object]:
+    """What every radiomics output records of how it was computed: engine, version, mode, settings and hash."""
+    return {
+        **engine_description(settings),
+        "mode": settings.mode,
+        "settings_name": settings.name,
+        "settings": settings.as_dict(),
+        "settings_sha256": settings.digest(),
+    }
+
+
 def extract_features(
     image: sitk.Image,
     mask: sitk.Image,
@@ -497,11 +508,7 @@ def extract_features(
             progress(number, len(chosen), f"segment {name}")
     result.timings_s = timings
     result.provenance = {
-        **engine_description(settings),
-        "mode": settings.mode,
-        "settings_name": settings.name,
-        "settings": settings.as_dict(),
-        "settings_sha256": settings.digest(),
+        **settings_provenance(settings),
         "per_lesion": per_lesion,
         "min_lesion_volume_ml": min_lesion_volume_ml,
         "connectivity": connectivity,

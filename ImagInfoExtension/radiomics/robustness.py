@@ -45,8 +45,10 @@ that is the intent.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,6 +64,8 @@ __all__ = [
     "feature_robustness",
     "icc",
     "lins_ccc",
+    "parse_reference",
+    "read_features_csv",
 ]
 
 #: ICC forms computed, by their Shrout & Fleiss names; McGraw & Wong's names are accepted as aliases.
@@ -740,3 +744,37 @@ def feature_ccc(
         table[name] = cccs[name].ravel()
     table["reason"] = [reasons[f] for f in feature_rows]
     return table
+
+
+def read_features_csv(path: str | Path) -> pd.DataFrame:
+    """A tidy features CSV as the reproducibility analysis reads it: an empty ``lesion``
+    stays empty text, only ``value`` turns empty or "nan" into NaN.
+
+    Raises
+    ------
+    ValueError
+        When the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"the features file {path} does not exist; choose a features CSV")
+    return pd.read_csv(path, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+
+
+def parse_reference(text: str) -> dict[str, str]:
+    """``"recon=FBP, dose_mgy=4.0"`` → ``{"recon": "FBP", "dose_mgy": "4.0"}``; empty → ``{}``.
+
+    Commas or semicolons separate the pairs. Values stay text: the analysis matches
+    ``"4.0"`` to a dose of 4.0 in the table.
+    """
+    reference: dict[str, str] = {}
+    for part in re.split(r"[,;]", text or ""):
+        if not part.strip():
+            continue
+        column, _equals, value = part.partition("=")
+        if not column.strip() or not value.strip():
+            raise ValueError(
+                f"reference {text!r}: write column=value pairs separated by commas, e.g. recon=FBP, dose_mgy=4.0"
+            )
+        reference[column.strip()] = value.strip()
+    return reference

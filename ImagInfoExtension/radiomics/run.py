@@ -228,7 +228,7 @@ def run_manifest(
     summary : BatchSummary
     """
     from ImagInfoExtension.batch import BatchCase, file_identity, run_batch
-    from ImagInfoExtension.radiomics.extract import engine_description
+    from ImagInfoExtension.radiomics.extract import settings_provenance
 
     table = read_manifest(manifest_path)
     factors = factor_columns_of(table)
@@ -268,11 +268,7 @@ def run_manifest(
         warnings.extend(f"{case.name}: {w}" for w in result["warnings"])
         inputs.append({"case": case.name, **case.identity, "image_sha256": result["image_sha256"]})
     details = {
-        **engine_description(settings),
-        "mode": settings.mode,
-        "settings_name": settings.name,
-        "settings": settings.as_dict(),
-        "settings_sha256": settings.digest(),
+        **settings_provenance(settings),
         "per_lesion": per_lesion,
         "manifest": str(Path(manifest_path).resolve()),
         "cases": len(cases),

@@ -796,21 +796,10 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
 
     @staticmethod
     def parseReference(text):
-        """``"recon=FBP, dose_mgy=4.0"`` → ``{"recon": "FBP", "dose_mgy": "4.0"}``; empty → ``{}``.
+        """``"recon=FBP, dose_mgy=4.0"`` → ``{"recon": "FBP", "dose_mgy": "4.0"}``; empty → ``{}``."""
+        from ImagInfoExtension.radiomics.robustness import parse_reference
 
-        Values stay text: the analysis matches ``"4.0"`` to a dose of 4.0 in the table.
-        """
-        reference = {}
-        for part in re.split(r"[,;]", text or ""):
-            if not part.strip():
-                continue
-            column, _equals, value = part.partition("=")
-            if not column.strip() or not value.strip():
-                raise ValueError(
-                    f"reference {text!r}: write column=value pairs separated by commas, e.g. recon=FBP, dose_mgy=4.0"
-                )
-            reference[column.strip()] = value.strip()
-        return reference
+        return parse_reference(text)
 
     def featuresFrame(self, features):
         """A features table given as a DataFrame, a table node or a CSV path, as
@@ -823,12 +812,10 @@ class ImagInfoRadiomicsLogic(ImagInfoModuleLogic):
         if isinstance(features, pd.DataFrame):
             return features, "Radiomics", "frame", {}
         if isinstance(features, (str, Path)):
+            from ImagInfoExtension.radiomics.robustness import read_features_csv
+
             path = Path(features)
-            if not path.is_file():
-                raise ValueError(f"the features file {path} does not exist; choose a features CSV")
-            # As `imaginfo radiomics-robustness` reads it: "" stays an empty lesion, only values become NaN.
-            frame = pd.read_csv(path, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
-            return frame, path.stem, f"file:{path.resolve()}", {}
+            return read_features_csv(path), path.stem, f"file:{path.resolve()}", {}
         if features is not None and hasattr(features, "IsA") and features.IsA("vtkMRMLTableNode"):
             attributes = {
                 name: features.GetAttribute(name)
