@@ -6,10 +6,12 @@ MONAI's arrays are the same [k, j, i] arrays, so its spacing is ours reversed (o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
@@ -120,6 +122,7 @@ def test_percentiles_match_monai():
     rng = np.random.default_rng(11)
     pred, truth = blob(rng, (14, 24, 24)), blob(rng, (14, 24, 24))
     p, t = _tensor(pred), _tensor(truth)
+    warnings.simplefilter("ignore")  # MONAI's own deprecation notice; pytest restores the filters after the test
     for percentile in (1, 50, 99, 100):
         peer = compute_hausdorff_distance(
             p, t, include_background=True, percentile=percentile, spacing=SPACING_IJK[::-1]
@@ -134,7 +137,9 @@ def test_surface_voxels_are_monai_edges():
     rng = np.random.default_rng(3)
     mask = blob(rng, (12, 17, 15), sigma=1.5, level=-0.1)  # large: it touches the array's border
     assert mask[0].any() and mask[:, :, -1].any()
-    edges, _ = get_mask_edges(mask, mask, crop=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI's own deprecation notice
+        edges, _ = get_mask_edges(mask, mask, crop=False)
     np.testing.assert_array_equal(ev.surface_voxels(mask), edges)
     np.testing.assert_array_equal(ev.surface_voxels(mask), ndimage.binary_erosion(mask) ^ mask)
     plane = rng.random((20, 20)) > 0.3
@@ -312,3 +317,288 @@ def test_bad_arguments_are_refused_with_the_fix():
         ev.hausdorff_distance_mm(BLOCK, BLOCK, SPACING_IJK, percentile=120)
     with pytest.raises(ValueError, match="tolerance"):
         ev.normalised_surface_dice(BLOCK, BLOCK, SPACING_IJK, tolerance_mm=-1)
+
+
+# --------------------------------------------------------------------------- label maps
+
+
+def _image(array: np.ndarray, spacing_ijk=(0.5, 1.0, 2.0), origin=(0.0, 0.0, 0.0), direction=None) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing_ijk)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+@pytest.fixture(scope="module")
+def label_pair():
+    """Prediction and truth label maps (voxel 0.5 × 1 × 2 mm = 1 µl) built by hand."""
+    pred = np.zeros((10, 12, 14), dtype=np.uint8)
+    truth = np.zeros_like(pred)
+    pred[2:5, 2:6, 2:6] = truth[2:5, 2:6, 2:6] = 1  # identical: 48 voxels
+    truth[6:8, 2:6, 8:12] = 2  # missed: 32 voxels
+    pred[6:8, 7:10, 1:5] = 3  # shifted by one voxel along i (0.5 mm): 18 of 24 voxels shared
+    truth[6:8, 7:10, 2:6] = 3
+    pred[0, 0, 0] = 5  # invented: one voxel
+    return _image(pred), _image(truth), pred, truth
+
+
+def test_evaluate_label_maps_by_hand(label_pair):
+    prediction, truth, pred, true = label_pair
+    rows = {row.label: row for row in ev.evaluate_label_maps(prediction, truth)}
+    assert list(rows) == [1, 2, 3, 5] and rows[3].name == "label 3"
+    one, two, three, five = rows[1], rows[2], rows[3], rows[5]
+    assert (one.dice, one.hd95_mm, one.assd_mm, one.nsd) == (1.0, 0.0, 0.0, 1.0)
+    assert one.volume_ml == one.true_volume_ml == pytest.approx(0.048)
+    assert (two.dice, two.hd95_mm, two.assd_mm, two.nsd, two.volume_ml) == (0.0, math.inf, math.inf, 0.0, 0.0)
+    assert two.true_volume_ml == pytest.approx(0.032)
+    assert (five.dice, five.hd95_mm, five.true_volume_ml) == (0.0, math.inf, 0.0)
+    assert five.volume_ml == pytest.approx(0.001)
+    assert three.dice == 0.75
+    expected = ev.surface_metrics(pred == 3, true == 3, (0.5, 1.0, 2.0), tolerance_mm=1.0)
+    assert (three.hd95_mm, three.assd_mm, three.nsd) == (expected.hd95_mm, expected.assd_mm, expected.nsd)
+    assert expected.hd_mm == 0.5 and three.nsd == 1.0
+    peer = monai_metrics(pred == 3, true == 3, (0.5, 1.0, 2.0))
+    assert three.hd95_mm == pytest.approx(peer["hd95"], rel=RELATIVE)
+    assert three.assd_mm == pytest.approx(peer["assd"], rel=RELATIVE)
+    assert tuple(f.name for f in dataclasses.fields(ev.LabelEvaluation)) == ev.EVALUATION_COLUMNS
+
+
+def test_named_labels_and_voxel_units(label_pair):
+    prediction, truth, _, _ = label_pair
+    names = {3: "kidney", 1: "liver", 4: "absent", 2: "spleen"}
+    rows = ev.evaluate_label_maps(prediction, truth, labels=names, nsd_tolerance_mm=0.4)
+    assert [(r.label, r.name) for r in rows] == [(1, "liver"), (2, "spleen"), (3, "kidney"), (4, "absent")]
+    absent = rows[3]
+    assert all(math.isnan(v) for v in (absent.dice, absent.hd95_mm, absent.assd_mm, absent.nsd))
+    assert absent.volume_ml == absent.true_volume_ml == 0.0
+    assert rows[2].nsd < 1.0  # 0.5 mm shifts are beyond 0.4 mm
+    in_voxels = {r.label: r for r in ev.evaluate_label_maps(prediction, truth, spacing_aware=False)}
+    assert (
+        ev.surface_metrics(sitk.GetArrayFromImage(prediction) == 3, sitk.GetArrayFromImage(truth) == 3, 1.0).hd_mm
+        == 1.0
+    )
+    assert in_voxels[3].hd95_mm == pytest.approx(1.0) and in_voxels[3].nsd == 1.0
+    assert in_voxels[3].volume_ml == pytest.approx(0.024)  # volumes stay in ml
+
+
+def test_evaluation_csv_round_trip(label_pair, tmp_path):
+    prediction, truth, _, _ = label_pair
+    rows = ev.evaluate_label_maps(prediction, truth, labels={1: "liver", 2: "spleen", 4: "absent"})
+    path = ev.write_evaluation_csv(rows, tmp_path / "out" / "evaluation.csv")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["evaluation.csv"]  # no temporary left behind
+    assert path.read_text().splitlines()[0] == ",".join(ev.EVALUATION_COLUMNS)
+    table = pd.read_csv(path)
+    assert list(table.columns) == list(ev.EVALUATION_COLUMNS)
+    assert table.loc[1, "hd95_mm"] == math.inf and math.isnan(table.loc[2, "dice"])
+    assert table.loc[0, "true_volume_ml"] == rows[0].true_volume_ml  # full precision
+    with pytest.raises(ValueError, match="lacks the column"):
+        ev.write_evaluation_csv([{"label": 1}], tmp_path / "bad.csv")
+    assert not (tmp_path / "bad.csv").exists()
+
+
+def test_label_maps_are_validated(label_pair):
+    prediction, truth, pred, _ = label_pair
+    as_float = _image(pred.astype(np.float32))
+    assert ev.evaluate_label_maps(as_float, truth) == ev.evaluate_label_maps(prediction, truth)
+    with pytest.raises(ValueError, match="2D image"):
+        ev.evaluate_label_maps(sitk.GetImageFromArray(pred[0]), sitk.GetImageFromArray(pred[0]))
+    with_nan = pred.astype(np.float32)
+    with_nan[1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ev.evaluate_label_maps(_image(with_nan), truth)
+    with pytest.raises(ValueError, match=r"non-integer values \(e.g. 2.5\)"):
+        ev.evaluate_label_maps(_image(pred.astype(np.float32) * 0.5), truth)
+    negative = pred.astype(np.int16)
+    negative[0, 0, 1] = -2
+    with pytest.raises(ValueError, match="negative labels"):
+        ev.evaluate_label_maps(_image(negative), truth)
+    with pytest.raises(ValueError, match="align_truth"):
+        ev.evaluate_label_maps(prediction, _image(pred, spacing_ijk=(0.5, 1.0, 2.5)))
+    with pytest.raises(ValueError, match="background"):
+        ev.evaluate_label_maps(prediction, truth, labels={0: "background"})
+    with pytest.raises(ValueError, match="components per voxel"):
+        ev.evaluate_label_maps(sitk.Compose(prediction, prediction), truth)
+
+
+def test_align_truth_same_grid_is_unchanged(label_pair):
+    prediction, truth, _, _ = label_pair
+    aligned, warned = ev.align_truth(truth, prediction)
+    assert aligned is truth and warned == []
+    nudged = sitk.Image(truth)
+    nudged.SetOrigin((1e-9, 0.0, -1e-9))
+    assert ev.align_truth(nudged, prediction) == (nudged, [])
+
+
+def test_align_truth_resamples_another_grid_through_physical_space():
+    """Truth on a finer, x-flipped grid: each reference voxel takes the truth label at its centre."""
+    size_ijk, spacing, origin = (30, 26, 22), (0.5, 0.4, 0.6), (4.1, -3.3, 2.2)
+    direction = (-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+    rng = np.random.default_rng(2)
+    truth_array = np.zeros(size_ijk[::-1], dtype=np.uint16)
+    truth_array[5:15, 4:20, 6:25] = 7
+    truth_array[8:12, 10:14, 20:26] = 300
+    truth_array[rng.random(truth_array.shape) < 0.05] = 2
+    truth = _image(truth_array, spacing, origin, direction)
+    reference = _image(np.zeros((9, 12, 11), np.uint8), (0.9, 0.7, 1.1), (-10.3, -4.05, 0.95))
+
+    aligned, warned = ev.align_truth(truth, reference)
+    assert len(warned) == 1 and "resampled onto the prediction's grid by nearest neighbour" in warned[0]
+    assert aligned.GetPixelID() == truth.GetPixelID() and aligned.GetSize() == reference.GetSize()
+    k, j, i = np.indices(sitk.GetArrayViewFromImage(reference).shape)
+    centres = np.stack([i * 0.9 - 10.3, j * 0.7 - 4.05, k * 1.1 + 0.95], axis=-1)
+    continuous = (centres - np.asarray(origin)) @ np.asarray(direction).reshape(3, 3) / np.asarray(spacing)
+    assert np.all(np.abs(np.abs(continuous % 1) - 0.5) > 1e-3)  # no rounding ties
+    index = np.rint(continuous).astype(int)
+    inside = np.all((index >= 0) & (index < np.asarray(size_ijk)), axis=-1)
+    expected = np.zeros(inside.shape, dtype=np.uint16)
+    expected[inside] = truth_array[index[inside][:, 2], index[inside][:, 1], index[inside][:, 0]]
+    assert inside.any() and (~inside).any() and len(np.unique(expected)) == 4
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(aligned), expected)
+
+
+def test_align_truth_refuses_a_truth_elsewhere(label_pair):
+    prediction, truth, _, _ = label_pair
+    far = sitk.Image(truth)
+    far.SetOrigin((500.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match=r"truth covers \[499.8, 506.8\].*mm \(LPS\).*do not overlap.*register"):
+        ev.align_truth(far, prediction)
+    with pytest.raises(ValueError, match="2D image"):
+        ev.align_truth(sitk.Image(4, 4, sitk.sitkUInt8), prediction)
+
+
+# --------------------------------------------------------------------------- lesions
+
+#: Lesion case by hand (voxel 1 × 1 × 2 mm = 2 µl): truth T1…T6, prediction P1…P6.
+TRUTH_LESIONS = {
+    "T1": np.s_[2:6, 2:6, 2:6],  # 64, fully predicted by P1
+    "T2": np.s_[2:6, 2:6, 10:14],  # 64, a quarter predicted by P2
+    "T3": np.s_[2:6, 2:6, 18:22],  # 64, missed
+    "T4": np.s_[2:6, 12:16, 2:6],  # 64, three quarters predicted, split between P4a and P4b
+    "T5": np.s_[2:6, 12:16, 10:13],  # 48, merged with T6 into P5
+    "T6": np.s_[2:6, 12:16, 14:17],  # 48
+}
+PREDICTED_LESIONS = {
+    "P1": np.s_[2:6, 2:6, 2:6],
+    "P2": np.s_[2:6, 2:6, 10:11],  # 16
+    "P4a": np.s_[2:6, 12:16, 2:4],  # 32
+    "P4b": np.s_[2:6, 12:16, 5:6],  # 16
+    "P5": np.s_[2:6, 12:16, 10:17],  # 112
+    "P6": np.s_[8:10, 30:34, 30:34],  # 32, far from every truth lesion
+}
+LESION_SPACING = (1.0, 1.0, 2.0)
+
+
+def _lesion_case():
+    return _box((12, 40, 40), *PREDICTED_LESIONS.values()), _box((12, 40, 40), *TRUTH_LESIONS.values())
+
+
+def _autopet_volumes(truth: np.ndarray, prediction: np.ndarray, voxel_ml: float) -> tuple[float, float]:
+    """autoPET's val_script.py false_pos_pix / false_neg_pix, verbatim but for ndimage.label (18-connected)."""
+    structure = ndimage.generate_binary_structure(3, 2)
+    pred_components, _ = ndimage.label(prediction, structure)
+    false_pos = sum(
+        (pred_components == idx).sum()
+        for idx in range(1, pred_components.max() + 1)
+        if ((pred_components == idx) * truth).sum() == 0
+    )
+    truth_components, _ = ndimage.label(truth, structure)
+    false_neg = sum(
+        (truth_components == idx).sum()
+        for idx in range(1, truth_components.max() + 1)
+        if ((truth_components == idx) * prediction).sum() == 0
+    )
+    return false_pos * voxel_ml, false_neg * voxel_ml
+
+
+def test_lesion_metrics_by_hand_with_half_overlap_rule():
+    pred, truth = _lesion_case()
+    result = ev.lesion_metrics(pred, truth, LESION_SPACING, min_overlap=0.5)
+    assert (result.truth_lesions, result.predicted_lesions) == (6, 6)
+    assert (result.true_positives, result.false_negatives, result.false_positives) == (4, 2, 2)  # FP: P2, P6
+    assert (result.sensitivity, result.ppv, result.f1) == pytest.approx((4 / 6, 4 / 6, 2 / 3))
+    assert result.false_positive_volume_ml == pytest.approx(32 * 0.002)  # P6 only: P2 touches T2
+    assert result.false_negative_volume_ml == pytest.approx(64 * 0.002)  # T3 only
+    assert (result.false_positive_volume_ml, result.false_negative_volume_ml) == pytest.approx(
+        _autopet_volumes(truth, pred, 0.002)
+    )
+    assert result.dice == pytest.approx(2 * 224 / (352 + 272))
+    assert result.intersection_volume_ml == pytest.approx(224 * 0.002)
+    lesions = {m.lesion: m for m in result.lesions}
+    volumes = sorted(m.volume_ml for m in result.lesions)
+    assert volumes == pytest.approx([0.096, 0.096, 0.128, 0.128, 0.128, 0.128])
+    by_fraction = sorted((m.covered_fraction, m.detected, m.predicted_components, m.dice) for m in lesions.values())
+    assert [x for row in by_fraction for x in row] == pytest.approx(
+        [
+            x
+            for row in [
+                (0.0, False, 0, 0.0),  # T3
+                (0.25, False, 1, 2 * 16 / (64 + 16)),  # T2
+                (0.75, True, 2, 2 * 48 / (64 + 48)),  # T4, split
+                (1.0, True, 1, 2 * 48 / (48 + 112)),  # T5, merged
+                (1.0, True, 1, 2 * 48 / (48 + 112)),  # T6, merged
+                (1.0, True, 1, 1.0),  # T1
+            ]
+            for x in row
+        ]
+    )
+
+
+def test_lesion_metrics_any_overlap_and_full_overlap_rules():
+    pred, truth = _lesion_case()
+    anything = ev.lesion_metrics(pred, truth, LESION_SPACING, min_overlap=0.0)
+    assert (anything.true_positives, anything.false_negatives, anything.false_positives) == (5, 1, 1)
+    assert anything.f1 == pytest.approx(10 / 12)
+    whole = ev.lesion_metrics(pred, truth, LESION_SPACING, min_overlap=1.0)
+    assert (whole.true_positives, whole.false_negatives, whole.false_positives) == (3, 3, 4)
+    # autoPET's volumes do not depend on the matching rule
+    for other in (anything, whole):
+        assert other.false_positive_volume_ml == pytest.approx(0.064)
+        assert other.false_negative_volume_ml == pytest.approx(0.128)
+    with pytest.raises(ValueError, match="min_overlap"):
+        ev.lesion_metrics(pred, truth, LESION_SPACING, min_overlap=1.5)
+    with pytest.raises(ValueError, match="connectivity"):
+        ev.lesion_metrics(pred, truth, LESION_SPACING, connectivity=8)
+
+
+def test_lesion_connectivity():
+    edge = _box((4, 4, 4), (1, 1, 1), (1, 2, 2))  # two voxels sharing an edge
+    corner = _box((4, 4, 4), (1, 1, 1), (2, 2, 2))  # sharing a corner
+    count = lambda mask, c: ev.lesion_metrics(mask, mask, 1.0, connectivity=c).truth_lesions  # noqa: E731
+    assert (count(edge, 6), count(edge, 18), count(edge, 26)) == (2, 1, 1)
+    assert (count(corner, 6), count(corner, 18), count(corner, 26)) == (2, 2, 1)
+
+
+def test_empty_lesion_cases():
+    nothing = ev.lesion_metrics(EMPTY, EMPTY, SPACING_IJK)
+    assert (nothing.true_positives, nothing.false_positives, nothing.false_negatives) == (0, 0, 0)
+    assert all(math.isnan(v) for v in (nothing.sensitivity, nothing.ppv, nothing.f1, nothing.dice))
+    invented = ev.lesion_metrics(BLOCK, EMPTY, SPACING_IJK)
+    assert (invented.false_positives, invented.ppv, invented.f1, invented.dice) == (1, 0.0, 0.0, 0.0)
+    assert math.isnan(invented.sensitivity)
+    assert invented.false_positive_volume_ml == pytest.approx(48 * np.prod(SPACING_IJK) / 1000)
+
+
+def test_patient_wise_against_lesion_wise_aggregation():
+    pred, truth = _lesion_case()
+    case_a = ev.lesion_metrics(pred, truth, LESION_SPACING)
+    case_b = ev.lesion_metrics(_box((6, 6, 6), np.s_[1:3, 1:3, 1:3]), _box((6, 6, 6)), LESION_SPACING)  # negative
+    case_c = ev.lesion_metrics(_box((6, 6, 6)), _box((6, 6, 6), np.s_[1:3, 1:3, 1:3]), LESION_SPACING)  # missed
+    summary = ev.aggregate_cases([case_a, case_b, case_c])
+    patient, lesion = summary["patient_wise"], summary["lesion_wise"]
+    assert summary["cases"] == 3
+    assert patient["dice_mean"] == pytest.approx((448 / 624 + 0 + 0) / 3)
+    assert patient["sensitivity_mean"] == pytest.approx((4 / 6 + 0) / 2)  # case b has no truth lesion
+    assert patient["ppv_mean"] == pytest.approx((4 / 6 + 0) / 2)  # case c has no predicted lesion
+    assert patient["f1_mean"] == pytest.approx((2 / 3 + 0 + 0) / 3)
+    assert (patient["cases_with_lesions"], patient["detection_rate"]) == (2, 0.5)
+    assert (patient["cases_without_lesions"], patient["false_alarm_rate"]) == (1, 1.0)
+    assert patient["false_positive_volume_ml_mean"] == pytest.approx((0.064 + 0.016) / 3)
+    assert (lesion["true_positives"], lesion["false_positives"], lesion["false_negatives"]) == (4, 3, 3)
+    assert (lesion["sensitivity"], lesion["ppv"], lesion["f1"]) == pytest.approx((4 / 7, 4 / 7, 8 / 14))
+    assert lesion["dice_pooled"] == pytest.approx(448 / (624 + 8 + 8))
+    assert lesion["false_negative_volume_ml"] == pytest.approx(0.128 + 0.016)
+    assert lesion["lesion_dice_mean"] == pytest.approx(np.mean([m.dice for m in case_a.lesions] + [0.0]))
+    with pytest.raises(ValueError, match="no cases"):
+        ev.aggregate_cases([])

@@ -108,7 +108,9 @@ def _run(job: str, folder: str, queue) -> None:
         for _ in range(REPEATS):
             started = time.perf_counter()
             hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing_kji)
-            assd = compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True, spacing=spacing_kji)
+            assd = compute_average_surface_distance(
+                y_pred, y, include_background=True, symmetric=True, spacing=spacing_kji
+            )
             times.append(time.perf_counter() - started)
             values = {"hd95_mm": float(hd95.item()), "assd_mm": float(assd.item())}
         queue.put(
@@ -174,7 +176,8 @@ def main() -> dict:
         ours = timed("ours", folder)
         monai = timed("monai", folder)
     agreement = {
-        key: abs(ours["values"][key] - monai["values"][key]) / abs(monai["values"][key]) for key in ("hd95_mm", "assd_mm")
+        key: abs(ours["values"][key] - monai["values"][key]) / abs(monai["values"][key])
+        for key in ("hd95_mm", "assd_mm")
     }
     return {
         "benchmark": "surface metrics, 512x512x400 pair, spacing 0.8x0.8x1.5 mm",

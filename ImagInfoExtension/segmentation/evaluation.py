@@ -46,7 +46,14 @@ structure missed or invented: no finite distance". MONAI agrees on ASSD, HD (its
 empty (``torch.quantile`` of infinities interpolates ``inf - inf``); its ``compute_dice``
 gives nan for an empty truth by default (``ignore_empty=True``) even when the prediction
 is not empty, which would hide a false positive, and 1.0 when both are empty with
-``ignore_empty=False``. The CSV writes these values as ``nan`` and ``inf``.
+``ignore_empty=False``. The CSV writes these values as ``nan`` and ``inf``. One more
+difference: MONAI takes ``percentile=0`` as "no percentile" (the maximum); here it is the
+minimum.
+
+**Label maps** (:func:`evaluate_label_maps`, :func:`align_truth`) are 3D scalar images
+with integer labels ≥ 0, on one grid; each label is scored in its own union box.
+**Lesions** (:func:`lesion_metrics`, :func:`aggregate_cases`) are connected components
+matched by a stated overlap rule; false-positive and false-negative volumes are autoPET's.
 
 **Speed.** Everything runs on the bounding box of the union of both masks; surfaces
 come from shifted views; the distances are nearest-neighbour queries on a k-d tree of
@@ -1022,9 +1029,10 @@ def lesion_metrics(
     structure = ndimage.generate_binary_structure(3, CONNECTIVITY[connectivity])
     truth_labels, n_truth = ndimage.label(true, structure=structure)
     pred_labels, n_pred = ndimage.label(pred, structure=structure)
-    truth_sizes = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)
-    pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
-    overlap = (truth_labels > 0) & (pred_labels > 0)
+    # counted over the lesion voxels only: the box is mostly background
+    truth_sizes = np.bincount(truth_labels[true], minlength=n_truth + 1)
+    pred_sizes = np.bincount(pred_labels[pred], minlength=n_pred + 1)
+    overlap = true & pred
     pairs, pair_voxels = np.unique(
         truth_labels[overlap].astype(np.int64) * (n_pred + 1) + pred_labels[overlap], return_counts=True
     )
