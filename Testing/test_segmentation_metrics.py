@@ -317,6 +317,11 @@ def test_bad_arguments_are_refused_with_the_fix():
         ev.hausdorff_distance_mm(BLOCK, BLOCK, SPACING_IJK, percentile=120)
     with pytest.raises(ValueError, match="tolerance"):
         ev.normalised_surface_dice(BLOCK, BLOCK, SPACING_IJK, tolerance_mm=-1)
+    near, far = sitk.GetImageFromArray(BLOCK.astype(np.uint8)), sitk.GetImageFromArray(BLOCK.astype(np.uint8))
+    far.SetOrigin((0.0, 0.0, 3.0))
+    for metric in (ev.dice, ev.surface_metrics, lambda a, b: ev.surface_metrics(a, b, SPACING_IJK)):
+        with pytest.raises(ValueError, match="different grids.*align_truth"):
+            metric(near, far)
 
 
 # --------------------------------------------------------------------------- label maps

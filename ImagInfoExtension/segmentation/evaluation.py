@@ -158,28 +158,28 @@ def _as_mask(mask: MaskLike, name: str) -> np.ndarray:
     return array != 0
 
 
-def _masks(prediction: MaskLike, truth: MaskLike, spacing_mm: Sequence[float] | None) -> tuple:
-    """Boolean prediction and truth arrays of one shape, and the spacing in array-axis order."""
+def _masks(prediction: MaskLike, truth: MaskLike, spacing_mm: Sequence[float] | None, need_spacing: bool = True):
+    """Boolean prediction and truth arrays of one shape, and the spacing in array-axis order (or None)."""
     images = [m for m in (prediction, truth) if isinstance(m, sitk.Image)]
-    if spacing_mm is None:
+    if len(images) == 2 and not _same_grid(prediction, truth):
+        raise ValueError(
+            f"the prediction ({_grid_summary(prediction)}) and the truth ({_grid_summary(truth)}) are on different "
+            "grids: resample the truth with align_truth(truth, prediction) first"
+        )
+    if spacing_mm is None and need_spacing:
         if not images:
             raise ValueError(
                 "spacing_mm is needed with numpy masks: give the voxel spacing in (i, j, k) order as "
                 "SimpleITK's GetSpacing() returns it, or (1, 1, 1) for distances in voxels"
             )
         spacing_mm = images[0].GetSpacing()
-        if len(images) == 2 and not _same_grid(prediction, truth):
-            raise ValueError(
-                "the prediction and the truth are on different grids: resample the truth with align_truth(truth, "
-                "prediction) first"
-            )
     pred = _as_mask(prediction, "prediction")
     true = _as_mask(truth, "truth")
     if pred.shape != true.shape:
         raise ValueError(
             f"the prediction {pred.shape} and the truth {true.shape} differ in shape: put them on one grid"
         )
-    return pred, true, _spacing_kji(spacing_mm, pred.ndim)
+    return pred, true, (_spacing_kji(spacing_mm, pred.ndim) if spacing_mm is not None else None)
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -270,28 +270,29 @@ class SurfaceDistances:
         return "both" if pred and true else "prediction" if pred else "truth" if true else ""
 
 
-def _directed_distances(source: np.ndarray, target: np.ndarray, spacing_kji: np.ndarray) -> np.ndarray:
-    """Distance from each True voxel of ``source`` (C order) to the nearest True voxel of ``target``."""
-    on_target = target[source]
-    distances = np.zeros(on_target.size)
-    away = ~on_target
+def _nearest(points_mm: np.ndarray, shared: np.ndarray, others_mm: np.ndarray) -> np.ndarray:
+    """Distance from each point to the nearest of ``others``; points ``shared`` with them are at 0."""
+    distances = np.zeros(len(points_mm))
+    away = ~shared
     if away.any():
-        tree = cKDTree(np.argwhere(target) * spacing_kji, balanced_tree=False, compact_nodes=False)
-        points = np.argwhere(source & ~target) * spacing_kji
-        distances[away] = tree.query(points, k=1, workers=-1)[0]
+        tree = cKDTree(others_mm, balanced_tree=False, compact_nodes=False)
+        distances[away] = tree.query(points_mm[away], k=1, workers=-1)[0]
     return distances
 
 
 def _distances_of_crops(pred: np.ndarray, true: np.ndarray, spacing_kji: np.ndarray) -> SurfaceDistances:
     pred_surface, true_surface = _surface(pred), _surface(true)
-    n_pred, n_true = int(np.count_nonzero(pred_surface)), int(np.count_nonzero(true_surface))
-    if n_pred == 0 or n_true == 0:
-        return SurfaceDistances(np.empty(0), np.empty(0), n_pred, n_true)
+    # one scan of each surface: its voxels' flat indices (C order) give coordinates and membership
+    pred_index, true_index = np.flatnonzero(pred_surface), np.flatnonzero(true_surface)
+    if pred_index.size == 0 or true_index.size == 0:
+        return SurfaceDistances(np.empty(0), np.empty(0), int(pred_index.size), int(true_index.size))
+    pred_mm = np.column_stack(np.unravel_index(pred_index, pred.shape)) * spacing_kji
+    true_mm = np.column_stack(np.unravel_index(true_index, true.shape)) * spacing_kji
     return SurfaceDistances(
-        _directed_distances(pred_surface, true_surface, spacing_kji),
-        _directed_distances(true_surface, pred_surface, spacing_kji),
-        n_pred,
-        n_true,
+        _nearest(pred_mm, true_surface.ravel()[pred_index], true_mm),
+        _nearest(true_mm, pred_surface.ravel()[true_index], pred_mm),
+        int(pred_index.size),
+        int(true_index.size),
     )
 
 
@@ -390,12 +391,7 @@ def dice(prediction_mask: MaskLike, truth_mask: MaskLike) -> float:
         gives nan too, ``ignore_empty=False`` 1.0); 0.0 when exactly one is empty (MONAI's
         default gives nan for an empty truth, which would hide a false positive).
     """
-    pred = _as_mask(prediction_mask, "prediction")
-    true = _as_mask(truth_mask, "truth")
-    if pred.shape != true.shape:
-        raise ValueError(
-            f"the prediction {pred.shape} and the truth {true.shape} differ in shape: put them on one grid"
-        )
+    pred, true, _ = _masks(prediction_mask, truth_mask, None, need_spacing=False)
     return _dice_of(pred, true)
 
 
