@@ -237,11 +237,12 @@ def test_two_offset_spheres():
     Dice of two balls of radius R whose centres are d apart is V_lens / V_ball with
     V_lens = π (4R + d)(2R − d)² / 12. Counting voxels instead of volumes errs by the
     lattice-point discrepancy of a ball, which grows like r^(3/2) in voxels of size h
-    (r = R/h; the proven bound is r^(4/3+ε) in 3D, observed ≈ r): relative error
-    ≲ r^(3/2) / (4/3 π r³) with h the largest spacing, 0.37 % here; the tolerance is 3×.
-    The offset d is a whole number of voxels along k, so each voxelised sphere is the
-    other's translate: every surface voxel has a partner exactly d away (HD ≤ d), and the
-    far pole's nearest partner is at least d − h_k away.
+    (r = R/h; the best proven bound is r^(21/16+ε), Heath-Brown 1999; r^(1+ε) is conjectured):
+    relative error ≲ r^(3/2) / (4/3 π r³) with h the largest spacing, 0.41 % here; the
+    tolerance is 3× that. The offset d is a whole number of voxels along k, so each
+    voxelised sphere is the other's translate: every surface voxel has a partner exactly d
+    away (HD ≤ d), and the lowest voxels of one lie d below every voxel of the other
+    (HD ≥ d): HD = d exactly.
     """
     spacing_ijk = (0.5, 0.45, 0.6)
     spacing_kji = spacing_ijk[::-1]
@@ -261,7 +262,7 @@ def test_two_offset_spheres():
     assert ev.dice(a, b) == pytest.approx(lens / ball_ml, rel=tolerance)
 
     metrics = ev.surface_metrics(a, b, spacing_ijk)
-    assert offset - spacing_kji[0] <= metrics.hd_mm <= offset + 1e-12
+    assert metrics.hd_mm == pytest.approx(offset, rel=1e-12)
     assert metrics.hd95_mm < metrics.hd_mm
     assert_equal_to_monai(
         {
