@@ -598,14 +598,15 @@ def user_catalogue_path() -> Path:
 def schema_errors(document: object) -> list[str] | None:
     """What the JSON schema finds wrong with a catalogue document, one line per problem (``path: message``).
 
-    None when jsonschema is not importable (Slicer may lack it): :func:`entry_from_json`
-    checks everything the schema states by itself.
+    None when jsonschema is not importable (Slicer may lack it) or the schema is not
+    installed: :func:`entry_from_json` checks everything the schema states by itself.
     """
     try:
         import jsonschema  # noqa: PLC0415  (optional: not every Slicer has it)
-    except ImportError:
+
+        schema = json.loads(schema_path().read_text(encoding="utf-8"))
+    except (ImportError, CatalogueError):
         return None
-    schema = json.loads(schema_path().read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for error in sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path)):
