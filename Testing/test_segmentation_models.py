@@ -50,7 +50,10 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 def files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """Every file and every empty folder under ``folder``."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() or (p.is_dir() and not any(p.iterdir())))
 
 
 def example_json(data: bytes = b"weights", file: str = "model.pt", fmt: str = "state_dict") -> dict:
@@ -389,6 +392,7 @@ ROUTES = {
     "/truncated.pt": (PAYLOAD[: len(PAYLOAD) // 2], len(PAYLOAD)),  # announces all, sends half, hangs up
     "/short.pt": (PAYLOAD[:-10], len(PAYLOAD) - 10),
     "/wrong.pt": (bytes(reversed(PAYLOAD)), len(PAYLOAD)),
+    "/long.pt": (PAYLOAD + PAYLOAD, 2 * len(PAYLOAD)),
     "/bundle.zip": (_zip({"tiny/configs/metadata.json": b"{}", "tiny/models/model.pt": PAYLOAD}), None),
     "/escape.zip": (_zip({"../../outside.pt": PAYLOAD}), None),
 }
@@ -446,6 +450,7 @@ def test_a_good_download_is_cached_with_progress_to_the_total(cache, server):
         ("/short.pt", f"got {len(PAYLOAD) - 10} bytes, expected {len(PAYLOAD)}"),
         ("/wrong.pt", "got sha256 [0-9a-f]{64}, expected " + hashlib.sha256(PAYLOAD).hexdigest()),
         ("/absent.pt", "404"),
+        ("/long.pt", f"sent more than the {len(PAYLOAD)} bytes expected"),
     ],
 )
 def test_a_failed_download_leaves_nothing(cache, server, route, message):

@@ -485,9 +485,16 @@ def _postprocessing(config: _Config, label_values: Sequence[int]) -> dict:
     return post
 
 
+def _nested(metadata: _Config, *keys: str) -> Any:
+    """``metadata[keys[0]][keys[1]]...``; an empty object where a level is absent or not an object."""
+    node: Any = metadata.get(keys[0], {})
+    for key in keys[1:]:
+        node = node.get(key, {}) if isinstance(node, Mapping) else {}
+    return node
+
+
 def _channel_def(metadata: _Config) -> dict[int, str]:
-    outputs = metadata.get("network_data_format", {}).get("outputs", {})
-    channels = outputs.get("pred", {}).get("channel_def") if isinstance(outputs, Mapping) else None
+    channels = _nested(metadata, "network_data_format", "outputs", "pred", "channel_def")
     if not isinstance(channels, Mapping) or not channels:
         raise metadata.fail(
             "network_data_format.outputs.pred.channel_def", "is missing; ImagInfo needs the name of each channel"
@@ -652,7 +659,8 @@ def entry_from_bundle(bundle_dir: str | Path, model_id: str, version: str | None
             "version", f"is {version!r}, not MAJOR.MINOR.PATCH; give one with --version (e.g. 1.0.0)"
         ) from None
 
-    image = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+    image = _nested(metadata, "network_data_format", "inputs", "image")
+    image = image if isinstance(image, Mapping) else {}
     modality = block.get("modality") or image.get("modality")
     if not isinstance(modality, str) or not modality:
         raise metadata.fail("network_data_format.inputs.image.modality", "is missing; state the input modality")

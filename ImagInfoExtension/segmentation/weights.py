@@ -290,6 +290,7 @@ def side_load_weights(entry: ModelEntry, file: str | Path) -> Path:
         return _install(entry, staged)
     finally:
         staged.unlink(missing_ok=True)
+        _remove_empty(target.parent, cache_directory())
 
 
 def _split_url(url: str) -> tuple[str, str | None, str | None]:
@@ -309,7 +310,12 @@ def _split_url(url: str) -> tuple[str, str | None, str | None]:
 def _download(
     url: str, staged: Path, expected_size: int | None, progress: ProgressCallback, label: str, timeout_s: float
 ) -> tuple[int, str]:
-    """Stream ``url`` into ``staged``; returns (bytes, sha256). Raises WeightsError on any failure."""
+    """Stream ``url`` into ``staged``; returns (bytes, sha256). Raises WeightsError on any failure.
+
+    A download stops as soon as it exceeds ``expected_size`` (or :data:`MAX_UNPACKED_BYTES`
+    when the size is not known), so a wrong or endless answer cannot fill the disk.
+    """
+    limit = expected_size if expected_size is not None else MAX_UNPACKED_BYTES
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https", "file"):
         raise WeightsError(f"{url}: only http, https and file URLs are downloaded, not {scheme or 'a bare path'}")
@@ -326,7 +332,11 @@ def _download(
                 stream.write(block)
                 digest.update(block)
                 done += len(block)
+                if done > limit:
+                    raise WeightsError(f"{url}: sent more than the {limit} bytes expected; stopped")
                 progress(done, max(total, done), f"downloading {label}")
+    except WeightsError:
+        raise
     except urllib.error.HTTPError as error:
         raise WeightsError(f"{url}: the server answered {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
@@ -423,6 +433,17 @@ def _fetch_one(entry: ModelEntry, url: str, progress: ProgressCallback, timeout_
         return _install_from_archive(entry, staged, archive_kind, bare)
     finally:
         staged.unlink(missing_ok=True)
+        _remove_empty(folder, cache_directory())
+
+
+def _remove_empty(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents below ``top`` while they are empty (what a failed fetch made)."""
+    while folder != top and top in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): keep it
+            return
+        folder = folder.parent
 
 
 def _install_from_archive(entry: ModelEntry, archive: Path, kind: str, source: str) -> Path:
