@@ -14,8 +14,10 @@ from scipy.spatial.distance import pdist
 
 from ImagInfoExtension.geometry import ImageGrid
 from ImagInfoExtension.io import CTSeriesInfo, read_dicom_series, write_ct_series
+from ImagInfoExtension.radiomics.lesions import split_lesions
 from ImagInfoExtension.segmentation.biomarkers import (
     BIOMARKER_COLUMNS,
+    label_lesions,
     maximum_diameter_mm,
     segment_biomarkers,
     write_biomarkers_csv,
@@ -184,6 +186,27 @@ def test_lesions_by_decreasing_volume_with_intensities_and_empty_named_segments(
     plain = segment_biomarkers(labels, connectivity=6)
     assert plain[0].intensity_mean is None and plain[0].lesion_count == 3
     assert plain[0].name == "label 3"
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_lesions_are_numbered_as_split_lesions_numbers_them(connectivity):
+    """Same ids, voxels, volumes and centroids as radiomics' per-lesion split (ties in size included)."""
+    rng = np.random.default_rng(connectivity)
+    array = (rng.random((14, 17, 19)) < {6: 0.2, 18: 0.1, 26: 0.06}[connectivity]).astype(np.uint8) * 4
+    array[0:2, 0:2, 0:2] = 4  # two 8-voxel cubes far apart: a tie broken by the first voxel
+    array[12:14, 15:17, 17:19] = 4
+    grid = ImageGrid((19, 17, 14), (0.6, 0.9, 1.7), (3.0, -2.0, 8.0), OBLIQUE)
+    min_ml = 2.5 * grid.voxel_volume_mm3 / 1000
+    ours = label_lesions(array, grid, 4, connectivity=connectivity, min_volume_ml=min_ml)
+    reference, left_out = split_lesions(array == 4, grid, connectivity=connectivity, min_volume_ml=min_ml)
+    assert len(ours.lesions) == len(reference) > 10 and ours.left_out == left_out > 0
+    for lesion, expected in zip(ours.lesions, reference):
+        assert lesion.lesion_id == expected.lesion_id and lesion.voxel_count == expected.voxel_count
+        assert lesion.volume_ml == pytest.approx(expected.volume_ml, rel=1e-12)
+        assert np.allclose(lesion.centroid_lps_mm, expected.centroid_lps_mm, atol=1e-9)
+        full = np.zeros(array.shape, dtype=bool)
+        full[lesion.box] = lesion.mask
+        assert np.array_equal(full, expected.mask)
 
 
 def _box(shape, slices):

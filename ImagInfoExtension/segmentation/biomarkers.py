@@ -39,7 +39,7 @@ from scipy.spatial.distance import cdist
 
 from ImagInfoExtension.geometry import ImageGrid, mask_bounding_box
 from ImagInfoExtension.io import write_atomically
-from ImagInfoExtension.radiomics.lesions import Lesion, split_lesions
+from ImagInfoExtension.radiomics.lesions import CONNECTIVITY
 from ImagInfoExtension.segmentation.rules import check_image, check_same_grid
 
 #: Columns of the biomarker table, in order (``write_biomarkers_csv``, ``BiomarkerRow.as_dict``).
@@ -231,31 +231,69 @@ def _sub_grid(grid: ImageGrid, box: tuple[slice, ...]) -> ImageGrid:
 
 
 @dataclass(frozen=True)
+class LesionRegion:
+    """One lesion of a label, located by its bounding box.
+
+    Attributes
+    ----------
+    lesion_id : int
+        1 for the label's largest lesion, then by decreasing volume (ties: first voxel
+        in array order), as :func:`~ImagInfoExtension.radiomics.lesions.split_lesions` numbers them.
+    box : tuple of slice
+        The lesion's bounding box in the label map's ``[k, j, i]`` array.
+    mask : numpy.ndarray of bool
+        The lesion's voxels in its box.
+    voxel_count : int
+    volume_ml : float
+    centroid_lps_mm : tuple of float
+        Mean voxel centre (LPS).
+    """
+
+    lesion_id: int
+    box: tuple[slice, ...]
+    mask: np.ndarray
+    voxel_count: int
+    volume_ml: float
+    centroid_lps_mm: Triple
+
+
+@dataclass(frozen=True)
 class LabelLesions:
-    """The lesions of one label, worked on in the label's bounding box.
+    """The lesions of one label.
 
     Attributes
     ----------
     label : int
     box : tuple of slice
         The label's bounding box in the label map's ``[k, j, i]`` array.
-    grid : ImageGrid
-        The grid of ``array[box]``.
     mask : numpy.ndarray of bool
-        The label's voxels in the box.
-    lesions : list of Lesion
-        As :func:`~ImagInfoExtension.radiomics.lesions.split_lesions` gives them, with
-        masks on ``grid`` (the box): lesion 1 is the largest.
+        The label's voxels in its box.
+    lesions : list of LesionRegion
+        Lesion 1 first.
     left_out : int
         Components below the minimum lesion volume.
     """
 
     label: int
     box: tuple[slice, ...]
-    grid: ImageGrid
     mask: np.ndarray
-    lesions: list[Lesion]
+    lesions: list[LesionRegion]
     left_out: int
+
+
+def _centre_ijk(mask: np.ndarray) -> np.ndarray:
+    """Mean (i, j, k) index of the voxels of a non-empty mask, from its projections (no index arrays)."""
+    count = float(np.count_nonzero(mask))
+    centre_kji = [
+        float(np.dot(np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axis)), np.arange(mask.shape[axis])))
+        / count
+        for axis in range(3)
+    ]
+    return np.array(centre_kji[::-1])
+
+
+def _shifted(box: tuple[slice, ...], offset: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(s.start + o, s.stop + o) for s, o in zip(box, offset))
 
 
 def label_lesions(
@@ -267,11 +305,12 @@ def label_lesions(
     connectivity: int = 26,
     min_volume_ml: float = 0.0,
 ) -> LabelLesions:
-    """Split one label of a ``[k, j, i]`` label array into lesions, within its bounding box.
+    """Split one label of a ``[k, j, i]`` label array into lesions, each kept in its own bounding box.
 
-    Cropping first keeps the per-lesion masks the size of the label's box, not of the
-    whole image. Lesion numbers are those of the whole array (cropping keeps the
-    voxels' order).
+    Lesions are numbered exactly as :func:`~ImagInfoExtension.radiomics.lesions.split_lesions`
+    numbers them (decreasing volume, ties by first voxel in array order; the tests check
+    it), but no lesion is held as a mask of the whole image: a whole-body scan with a
+    hundred lesions needs a hundred small boxes, not a hundred image-sized masks.
 
     Parameters
     ----------
@@ -283,13 +322,51 @@ def label_lesions(
         The label's bounding box if known (``ndimage.find_objects``).
     connectivity : {6, 18, 26}
     min_volume_ml : float
+        Smaller components are left out (and counted).
     """
+    if connectivity not in CONNECTIVITY:
+        raise ValueError(f"connectivity {connectivity} is not 6, 18 or 26")
+    if not min_volume_ml >= 0:
+        raise ValueError(f"min_volume_ml {min_volume_ml} must be ≥ 0")
     if box is None:
         box = mask_bounding_box(array == label)
     mask = array[box] == label
-    sub_grid = _sub_grid(grid, box)
-    lesions, left_out = split_lesions(mask, sub_grid, connectivity=connectivity, min_volume_ml=min_volume_ml)
-    return LabelLesions(label, box, sub_grid, mask, lesions, left_out)
+    components, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, CONNECTIVITY[connectivity]))
+    voxel_ml = grid.voxel_volume_mm3 / 1000.0
+    offset = [s.start for s in box]
+    found = []
+    for number, component_box in enumerate(ndimage.find_objects(components), start=1):
+        component = components[component_box] == number
+        voxels = int(np.count_nonzero(component))
+        # First voxel in array order: in the box's first plane, first in row-major order there.
+        first_row = np.flatnonzero(component[0])[0]
+        j, i = divmod(int(first_row), component.shape[2])
+        first = np.ravel_multi_index(
+            (component_box[0].start, component_box[1].start + j, component_box[2].start + i), components.shape
+        )
+        found.append((-voxels, int(first), component_box, component, voxels))
+    found.sort(key=lambda item: (item[0], item[1]))
+    lesions: list[LesionRegion] = []
+    left_out = 0
+    for _, _, component_box, component, voxels in found:
+        volume_ml = voxels * voxel_ml
+        if volume_ml < min_volume_ml:
+            left_out += 1
+            continue
+        full_box = _shifted(component_box, offset)
+        start = np.array([s.start for s in full_box], dtype=float)[::-1]
+        centroid = grid.physical_from_index((start + _centre_ijk(component))[None, :])[0]
+        lesions.append(
+            LesionRegion(
+                lesion_id=len(lesions) + 1,
+                box=full_box,
+                mask=component,
+                voxel_count=voxels,
+                volume_ml=float(volume_ml),
+                centroid_lps_mm=_triple(centroid),
+            )
+        )
+    return LabelLesions(label, box, mask, lesions, left_out)
 
 
 def _region_row(
@@ -297,31 +374,26 @@ def _region_row(
     name: str,
     scope: str,
     lesion_id: int | None,
+    box: tuple[slice, ...],
     mask: np.ndarray,
     grid: ImageGrid,
-    offset_kji: np.ndarray,
     values: np.ndarray | None,
-    voxel_ml: float,
     **extra: int,
 ) -> BiomarkerRow:
-    """The row of the voxels of ``mask``, an array on ``grid`` that starts at ``offset_kji`` of the label map."""
-    box = mask_bounding_box(mask)
-    mask = mask[box]
+    """The row of the voxels of ``mask``, the contents of the tight box ``box`` of the label map."""
     start = np.array([s.start for s in box])
-    indices = np.argwhere(mask) + start
-    centre_ijk = indices.mean(axis=0)[::-1]
-    centroid = grid.physical_from_index(centre_ijk[None, :])[0]
+    voxels = int(np.count_nonzero(mask))
+    centroid = grid.physical_from_index((start[::-1] + _centre_ijk(mask))[None, :])[0]
     extreme = grid.physical_from_index((_extreme_voxels(mask) + start)[:, ::-1])
-    first = start + offset_kji
-    last = first + np.array(mask.shape) - 1
+    last = start + np.array(mask.shape) - 1
     row = {
-        "voxel_count": int(indices.shape[0]),
-        "volume_ml": float(indices.shape[0] * voxel_ml),
+        "voxel_count": voxels,
+        "volume_ml": float(voxels * grid.voxel_volume_mm3 / 1000.0),
         "centroid_lps_mm": _triple(centroid),
         "centroid_ras_mm": _triple((-centroid[0], -centroid[1], centroid[2])),
         "bbox_lps_min_mm": _triple(extreme.min(axis=0)),
         "bbox_lps_max_mm": _triple(extreme.max(axis=0)),
-        "bbox_index_min_ijk": tuple(int(v) for v in first[::-1]),
+        "bbox_index_min_ijk": tuple(int(v) for v in start[::-1]),
         "bbox_index_max_ijk": tuple(int(v) for v in last[::-1]),
         "max_diameter_mm": _diameter_of_points(extreme),
     }
@@ -341,20 +413,42 @@ def _triple(values: Sequence[float]) -> Triple:
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
-def _label_array(labels: sitk.Image) -> np.ndarray:
+def label_array(labels: sitk.Image, what: str = "label map") -> np.ndarray:
+    """The ``[k, j, i]`` integer array of a 3D label map (a float map with whole values is converted).
+
+    Raises
+    ------
+    ValueError
+        On a 2D or vector image, NaNs, non-integer or negative values.
+    """
+    check_image(labels, what)
     array = sitk.GetArrayViewFromImage(labels)
     if np.issubdtype(array.dtype, np.floating):
         if not np.array_equal(array, np.round(array)):
             raise ValueError(
-                "the label map holds non-integer values; a label map has one integer per segment "
+                f"the {what} holds non-integer values; a label map has one integer per segment "
                 "(threshold a probability map first)"
             )
         array = array.astype(np.int64)
     elif not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"the label map's voxels are {array.dtype}; it must hold integers")
+        raise ValueError(f"the {what}'s voxels are {array.dtype}; it must hold integers")
     if array.size and array.min() < 0:
-        raise ValueError("the label map holds negative values; labels are 0 (background) or positive integers")
+        raise ValueError(f"the {what} holds negative values; labels are 0 (background) or positive integers")
     return array
+
+
+def label_boxes(array: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """The bounding box (``[k, j, i]`` slices) of each positive label of an integer array, by label.
+
+    One ``ndimage.find_objects`` pass (no histogram: ``np.bincount`` would first copy a
+    uint8 CT-sized map into 8-byte integers).
+    """
+    maximum = int(array.max()) if array.size else 0
+    if maximum <= 0:
+        return {}
+    if maximum <= 1 << 16:
+        return {n: box for n, box in enumerate(ndimage.find_objects(array), start=1) if box is not None}
+    return {int(v): mask_bounding_box(array == v) for v in np.unique(array) if v > 0}
 
 
 def segment_biomarkers(
@@ -396,60 +490,50 @@ def segment_biomarkers(
         On a 2D label map, non-integer or negative labels, an image on another grid or
         with NaNs, an unknown connectivity or a negative minimum volume.
     """
-    grid = check_image(labels, "label map")
-    array = _label_array(labels)
+    array = label_array(labels)
+    grid = ImageGrid.from_sitk(labels)
     values = None
     if image is not None:
         check_image(image)
         check_same_grid(labels, image, "image", reference="label map")
         values = sitk.GetArrayViewFromImage(image)
+    if connectivity not in CONNECTIVITY:
+        raise ValueError(f"connectivity {connectivity} is not 6, 18 or 26")
+    if not min_lesion_volume_ml >= 0:
+        raise ValueError(f"min_lesion_volume_ml {min_lesion_volume_ml} must be ≥ 0")
     names = dict(names or {})
-    voxel_ml = grid.voxel_volume_mm3 / 1000.0
-    maximum = int(array.max()) if array.size else 0
-    if maximum <= 1 << 16:
-        present = np.flatnonzero(np.bincount(array.ravel(), minlength=maximum + 1))
-    else:
-        present = np.unique(array)
-    present = [int(v) for v in present if v > 0]
-    boxes = ndimage.find_objects(array) if maximum <= 1 << 16 else None
+    boxes = label_boxes(array)
     rows: list[BiomarkerRow] = []
-    for label in sorted(set(present) | {int(v) for v in names}):
+    for label in sorted(set(boxes) | {int(v) for v in names}):
         name = names.get(label, f"label {label}")
-        if label not in present:
+        if label not in boxes:
             rows.append(BiomarkerRow(label, name, "segment", None, 0, 0.0, lesion_count=0, lesions_below_min_volume=0))
             continue
         found = label_lesions(
             array,
             grid,
             label,
-            boxes[label - 1] if boxes is not None else None,
+            boxes[label],
             connectivity=connectivity,
             min_volume_ml=min_lesion_volume_ml,
         )
-        offset = np.array([s.start for s in found.box])
-        sub_values = None if values is None else values[found.box]
         rows.append(
             _region_row(
                 label,
                 name,
                 "segment",
                 None,
+                found.box,
                 found.mask,
-                found.grid,
-                offset,
-                sub_values,
-                voxel_ml,
+                grid,
+                values,
                 lesion_count=len(found.lesions),
                 lesions_below_min_volume=found.left_out,
             )
         )
         if per_lesion:
             for lesion in found.lesions:
-                rows.append(
-                    _region_row(
-                        label, name, "lesion", lesion.lesion_id, lesion.mask, found.grid, offset, sub_values, voxel_ml
-                    )
-                )
+                rows.append(_region_row(label, name, "lesion", lesion.lesion_id, lesion.box, lesion.mask, grid, values))
     return rows
 
 

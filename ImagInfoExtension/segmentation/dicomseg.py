@@ -22,6 +22,7 @@ when given the same descriptions.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 from ImagInfoExtension import __version__
 from ImagInfoExtension.geometry import ImageGrid
 from ImagInfoExtension.io import save_dataset, write_atomically
+from ImagInfoExtension.segmentation.biomarkers import label_array, label_boxes
 from ImagInfoExtension.segmentation.rules import check_image
 
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
@@ -256,16 +258,6 @@ def _with_type2(dataset: Dataset) -> Dataset:
     return copy
 
 
-def _label_array(labels: sitk.Image) -> np.ndarray:
-    check_image(labels, "label map")
-    array = sitk.GetArrayViewFromImage(labels)
-    if np.issubdtype(array.dtype, np.floating) and np.array_equal(array, np.round(array)):
-        array = array.astype(np.int64)
-    if not np.issubdtype(array.dtype, np.integer) or (array.size and array.min() < 0):
-        raise ValueError("the label map must hold non-negative integers (0 = background)")
-    return array
-
-
 def write_dicom_seg(
     labels: sitk.Image,
     source_datasets: Sequence[Dataset] | str | Path,
@@ -315,28 +307,27 @@ def write_dicom_seg(
 
     if empty_segments not in EMPTY_SEGMENT_CHOICES:
         raise ValueError(f"empty_segments {empty_segments!r} is not one of {', '.join(EMPTY_SEGMENT_CHOICES)}")
-    array = _label_array(labels)
+    array = label_array(labels)
     grid = ImageGrid.from_sitk(labels)
     datasets = load_dicom_series(source_datasets) if isinstance(source_datasets, str | Path) else list(source_datasets)
     _check_sources(datasets)
     if not segments:
         raise ValueError("no segment descriptions: describe at least one label")
     values = [int(spec.label) for spec in segments]
+    if min(values) < 1 or max(values) > 65535:
+        raise ValueError(f"segment labels must be from 1 to 65535 (0 is the background), got {sorted(values)}")
     if len(set(values)) != len(values):
         raise ValueError(f"labels described more than once: {sorted({v for v in values if values.count(v) > 1})}")
     for spec in segments:
         if spec.algorithm_type not in ALGORITHM_TYPES:
             raise ValueError(f"segment {spec.name!r}: algorithm_type must be one of {', '.join(ALGORITHM_TYPES)}")
-        if len(spec.color) != 7 or spec.color[0] != "#":
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", spec.color):
             raise ValueError(f"segment {spec.name!r}: color {spec.color!r} must be '#rrggbb'")
         if not spec.name:
             raise ValueError(f"label {spec.label}: the segment needs a name")
-    counts = np.bincount(array.ravel()) if array.size and array.max() <= 1 << 16 else None
-    present = (
-        {int(v) for v in np.flatnonzero(counts) if v > 0}
-        if counts is not None
-        else {int(v) for v in np.unique(array) if v > 0}
-    )
+    boxes = label_boxes(array)
+    present = set(boxes)
+    top = max(present, default=0)
     undescribed = sorted(present - set(values))
     if undescribed:
         raise ValueError(
@@ -358,7 +349,7 @@ def write_dicom_seg(
     if not written:
         raise ValueError("every described segment is empty: there is nothing to write")
 
-    number_of = np.zeros(max(max(values), int(array.max()) if array.size else 0) + 1, dtype=np.uint16)
+    number_of = np.zeros(max(max(values), top) + 1, dtype=np.uint16)
     for number, spec in enumerate(written, start=1):
         number_of[spec.label] = number
     frames = np.zeros((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.uint16)
@@ -379,7 +370,7 @@ def write_dicom_seg(
         frames[n] = frame
         found += np.bincount(frame.ravel(), minlength=len(written) + 1)
     for number, spec in enumerate(written, start=1):
-        expected = int(np.count_nonzero(array == spec.label)) if counts is None else int(counts[spec.label])
+        expected = int(np.count_nonzero(array[boxes[spec.label]] == spec.label)) if spec.label in boxes else 0
         if found[number] != expected:
             raise ValueError(
                 f"segment {spec.name!r} has {expected} voxels in the label map but {found[number]} on the series' "

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ImagInfoExtension.geometry import ImageGrid, mask_bounding_box
+from ImagInfoExtension.geometry import ImageGrid
 from ImagInfoExtension.io import write_atomically
-from ImagInfoExtension.segmentation.biomarkers import label_lesions
+from ImagInfoExtension.segmentation.biomarkers import label_array, label_boxes, label_lesions
 from ImagInfoExtension.segmentation.rules import check_image, check_same_grid
 
 METRICS = ("mattes", "mean_squares")
@@ -466,38 +466,23 @@ class _Found:
     masks: list[tuple[tuple[slice, ...], np.ndarray]]  # (box in the full array, mask in the box)
 
 
-def _lesions(array: np.ndarray, grid: ImageGrid, label: int, connectivity: int, min_volume_ml: float) -> _Found:
-    found = label_lesions(array, grid, label, connectivity=connectivity, min_volume_ml=min_volume_ml)
-    origin = [s.start for s in found.box]
-    masks = []
-    for lesion in found.lesions:
-        box = mask_bounding_box(lesion.mask)
-        full = tuple(slice(o + s.start, o + s.stop) for o, s in zip(origin, box))
-        masks.append((full, lesion.mask[box]))
+def _lesions(
+    array: np.ndarray,
+    grid: ImageGrid,
+    label: int,
+    boxes: dict[int, tuple[slice, ...]],
+    connectivity: int,
+    min_volume_ml: float,
+) -> _Found:
+    if label not in boxes:
+        return _Found([], [], np.zeros((0, 3)), [])
+    found = label_lesions(array, grid, label, boxes[label], connectivity=connectivity, min_volume_ml=min_volume_ml)
     return _Found(
         ids=[lesion.lesion_id for lesion in found.lesions],
         volumes_ml=[lesion.volume_ml for lesion in found.lesions],
         centroids_lps_mm=np.array([lesion.centroid_lps_mm for lesion in found.lesions]).reshape(-1, 3),
-        masks=masks,
+        masks=[(lesion.box, lesion.mask) for lesion in found.lesions],
     )
-
-
-def _present_labels(array: np.ndarray) -> set[int]:
-    maximum = int(array.max()) if array.size else 0
-    if maximum <= 1 << 16:
-        return {int(v) for v in np.flatnonzero(np.bincount(array.ravel(), minlength=maximum + 1)) if v > 0}
-    return {int(v) for v in np.unique(array) if v > 0}
-
-
-def _integer_labels(labels: sitk.Image, what: str) -> np.ndarray:
-    array = sitk.GetArrayViewFromImage(labels)
-    if not np.issubdtype(array.dtype, np.integer):
-        if np.issubdtype(array.dtype, np.floating) and np.array_equal(array, np.round(array)):
-            return array.astype(np.int64)
-        raise ValueError(f"the {what} must hold integer labels, got {array.dtype} values")
-    if array.size and array.min() < 0:
-        raise ValueError(f"the {what} holds negative values; labels are 0 (background) or positive integers")
-    return array
 
 
 def compare_followup(
@@ -548,8 +533,8 @@ def compare_followup(
     """
     baseline_grid = check_image(baseline_image, "baseline image")
     followup_grid = check_image(followup_image, "follow-up image")
-    check_image(baseline_labels, "baseline label map")
-    check_image(followup_labels, "follow-up label map")
+    baseline_array = label_array(baseline_labels, "baseline label map")
+    followup_array = label_array(followup_labels, "follow-up label map")
     check_same_grid(baseline_image, baseline_labels, "baseline label map", reference="baseline image")
     check_same_grid(followup_image, followup_labels, "follow-up label map", reference="follow-up image")
     check_overlap(baseline_image, followup_image)
@@ -557,21 +542,20 @@ def compare_followup(
         raise ValueError(f"min_overlap_fraction {min_overlap_fraction} must be in [0, 1]")
     if not max_centroid_distance_mm >= 0:
         raise ValueError(f"max_centroid_distance_mm {max_centroid_distance_mm} must be ≥ 0")
-    baseline_array = _integer_labels(baseline_labels, "baseline label map")
-    followup_array = _integer_labels(followup_labels, "follow-up label map")
     if registration is None:
         registration = register_rigid(baseline_image, followup_image, **registration_options)
     elif registration_options:
         raise ValueError("pass either a registration or registration options, not both")
-    chosen = sorted(
-        set(labels) if labels is not None else _present_labels(baseline_array) | _present_labels(followup_array)
-    )
+    baseline_boxes, followup_boxes = label_boxes(baseline_array), label_boxes(followup_array)
+    chosen = sorted(set(labels) if labels is not None else set(baseline_boxes) | set(followup_boxes))
 
     baseline_found = {
-        label: _lesions(baseline_array, baseline_grid, label, connectivity, min_lesion_volume_ml) for label in chosen
+        label: _lesions(baseline_array, baseline_grid, label, baseline_boxes, connectivity, min_lesion_volume_ml)
+        for label in chosen
     }
     followup_found = {
-        label: _lesions(followup_array, followup_grid, label, connectivity, min_lesion_volume_ml) for label in chosen
+        label: _lesions(followup_array, followup_grid, label, followup_boxes, connectivity, min_lesion_volume_ml)
+        for label in chosen
     }
     # One number per follow-up lesion, carried into baseline space by nearest neighbour,
     # gives every overlap at once.
