@@ -298,6 +298,30 @@ def test_registration_recovers_the_known_shift_and_is_reproducible(followup_pair
     assert np.allclose(registration.map_to_moving(GROWING), GROWING + SHIFT_MM, atol=0.5)
     again = register_rigid(baseline_image, followup_image)
     assert again.transform.GetParameters() == registration.transform.GetParameters()
+    # From a translation guess, sampling only the head (a mask on the baseline grid).
+    head = sitk.Cast(baseline_image > -500, sitk.sitkUInt8)
+    guided = register_rigid(
+        baseline_image,
+        followup_image,
+        initial_transform=sitk.TranslationTransform(3, (3.0, -2.0, 1.0)),
+        fixed_mask=head,
+    )
+    assert np.allclose(guided.translation_mm, SHIFT_MM, atol=0.5)
+
+
+def test_registration_recovers_a_known_rotation(followup_pair):
+    (baseline_image, _), _, _ = followup_pair
+    truth = sitk.Euler3DTransform(
+        (31.5, 31.5, 31.5), math.radians(1.5), math.radians(-1.0), math.radians(3.0), (2.0, -1.5, 1.0)
+    )
+    # The anatomy moved by ``truth``: the follow-up at p shows the baseline at truth^-1(p).
+    followup = sitk.Resample(baseline_image, baseline_image, truth.GetInverse(), sitk.sitkLinear, -1000.0)
+    registration = register_rigid(baseline_image, followup)
+    assert np.allclose(registration.rotation_deg, (1.5, -1.0, 3.0), atol=0.3)
+    points = np.array([[8.0, 10.0, 12.0], [55.0, 50.0, 52.0], [32.0, 20.0, 40.0]])
+    expected = np.array([truth.TransformPoint(tuple(p)) for p in points])
+    assert np.abs(registration.map_to_moving(points) - expected).max() < 0.3
+    assert np.allclose(registration.map_to_fixed(expected), points, atol=0.3)
 
 
 def test_lesions_match_grow_vanish_and_appear(followup_pair, tmp_path):
