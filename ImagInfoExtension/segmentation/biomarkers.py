@@ -219,17 +219,6 @@ def maximum_diameter_mm(mask: np.ndarray, grid: ImageGrid) -> float:
     return _diameter_of_points(points)
 
 
-def _sub_grid(grid: ImageGrid, box: tuple[slice, ...]) -> ImageGrid:
-    """The grid of ``array[box]``."""
-    start_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
-    return ImageGrid(
-        size_ijk=(box[2].stop - box[2].start, box[1].stop - box[1].start, box[0].stop - box[0].start),
-        spacing_mm=grid.spacing_mm,
-        origin_mm=tuple(float(v) for v in grid.physical_from_index(start_ijk[None, :])[0]),
-        direction=grid.direction,
-    )
-
-
 @dataclass(frozen=True)
 class LesionRegion:
     """One lesion of a label, located by its bounding box.
