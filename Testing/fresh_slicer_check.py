@@ -123,6 +123,8 @@ def _fill_inputs(name: str, slicer, parameters) -> None:
         segmentation.GetSegmentation().AddSegment(segment, "tumour")
         parameters.inputVolume = volume
         parameters.inputSegmentation = segmentation
+    elif name == "ImagInfoSegmentation":
+        parameters.inputVolume = _volume(slicer, vtk)
 
 
 def main() -> dict:

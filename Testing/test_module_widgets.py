@@ -156,7 +156,7 @@ def test_the_widget_follows_the_template_lifecycle(vessel_widget):
 
 def test_an_old_slicer_gets_a_sentence_not_a_traceback():
     with slicer_harness.application((5, 8)) as app:
-        for name in ("ImagInfoVesselPhantom", "ImagInfoDoseComparison", "ImagInfoRadiomics"):
+        for name in ("ImagInfoVesselPhantom", "ImagInfoDoseComparison", "ImagInfoRadiomics", "ImagInfoSegmentation"):
             module = _module(name)
             description = getattr(module, name)(slicer_harness.ModuleParent(module.__file__))
             assert "needs 3D Slicer 5.10 or later" in description.parent.helpText

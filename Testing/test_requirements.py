@@ -28,6 +28,8 @@ def test_every_module_has_a_list_and_asks_only_for_what_it_needs():
     assert {"pandas", "scikit-image"} <= names["ImagInfoVesselPhantom"]
     assert names["ImagInfoVesselPhantom"] <= names["ImagInfoDoseComparison"], "-r includes the vessel list"
     assert "dask[distributed]>=2024.1" in lists["ImagInfoDoseComparison"]
+    assert "torch" not in names["ImagInfoSegmentation"], "torch comes through Slicer's PyTorch extension, never pip"
+    assert {"pandas", "monai", "safetensors"} <= names["ImagInfoSegmentation"]
 
 
 def test_every_requirement_is_a_dependency_of_the_package():
