@@ -294,6 +294,7 @@ PYTHON_39_FILES = [
     REPOSITORY / "ImagInfoExtension" / "bridge" / "__init__.py",
     REPOSITORY / "ImagInfoExtension" / "bridge" / "compat.py",
     REPOSITORY / "ImagInfoExtension" / "bridge" / "sampledata.py",
+    REPOSITORY / "ImagInfoExtension" / "bridge" / "pointlists.py",
     SCAFFOLDING,
     *[m / f"{m.name}.py" for m in MODULES],
 ]
