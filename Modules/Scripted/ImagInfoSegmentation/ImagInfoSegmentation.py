@@ -675,7 +675,9 @@ class ImagInfoSegmentationLogic(ImagInfoModuleLogic):
                 if node is not None:
                     self._setAttributes(node, attributes)
             segmentation.SetNodeReferenceID(BIOMARKERS_REFERENCE, biomarkers.GetID())
-            segmentation.SetNodeReferenceID(EVALUATION_REFERENCE, evaluation.GetID() if evaluation else None)
+            segmentation.SetNodeReferenceID(
+                EVALUATION_REFERENCE, evaluation.GetID() if evaluation is not None else None
+            )
         return {"segmentation": segmentation, "biomarkers": biomarkers, "evaluation": evaluation}
 
     @staticmethod
@@ -736,7 +738,8 @@ class ImagInfoSegmentationLogic(ImagInfoModuleLogic):
         parameterNode.outputSegmentation = nodes["segmentation"]
         parameterNode.biomarkerTable = nodes["biomarkers"]
         parameterNode.evaluationTable = nodes["evaluation"]
-        self.showTableAndPlot(nodes["evaluation"] or nodes["biomarkers"], None)
+        shown = nodes["evaluation"] if nodes["evaluation"] is not None else nodes["biomarkers"]
+        self.showTableAndPlot(shown, None)
         return self.statusText(outputs, job.context)
 
     def segment(self, volumeNode, model=DEFAULT_MODEL_ID, device="auto", referenceSegmentation=None, wait=True):
