@@ -368,6 +368,12 @@ def test_argmax_maps_channels_to_label_values():
     entry = make_entry(labels=[{"value": v, "name": f"c{v}", "color": "#00aa00"} for v in (3, 7, 200)])
     outputs = torch.tensor([[5.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 5.0]])
     assert decide_labels(outputs, entry).tolist() == [0, 3, 7, 200]
+    ties = torch.tensor([[1.0, 0.0], [1.0, 2.0], [0.0, 2.0], [-1.0, 2.0]])  # equal maxima: the first channel wins
+    assert decide_labels(ties, entry).tolist() == [0, 3]
+    torch.manual_seed(0)
+    random = torch.randn(4, 6, 7, 5).round(decimals=1)  # rounded: many ties
+    table = torch.tensor([0, 3, 7, 200], dtype=torch.uint8)
+    assert torch.equal(decide_labels(random, entry), table[torch.argmax(random, dim=0)])
 
 
 def test_threshold_entry_end_to_end():

@@ -1105,9 +1105,9 @@ class _WindowRunner:
             reuse = held is not None and self.holders[self.index_of[key[axis]]][0] < self.slab
             outputs.append(held.to(windows.device, copy=True) if reuse else None)
         todo = [number for number, output in enumerate(outputs) if output is None]
+        computed = None
         if todo:
-            batch = windows if len(todo) == len(keys) else windows[todo]
-            computed = self._forward(batch)
+            computed = self._forward(windows if len(todo) == len(keys) else windows[todo])
             for number, output in zip(todo, computed):
                 outputs[number] = output
                 key = keys[number]
@@ -1116,7 +1116,8 @@ class _WindowRunner:
             self.done += len(todo)
             if self.progress is not None:
                 self.progress(self.done, self.plan.windows, f"window {self.done} of {self.plan.windows}")
-        return torch.stack(outputs)  # MONAI scales this in place by the blending weights
+        # MONAI scales what it gets in place by the blending weights (the cache holds copies).
+        return computed if len(todo) == len(keys) else torch.stack(outputs)
 
 
 def iter_slab_outputs(
@@ -1183,15 +1184,22 @@ def decide_labels(outputs: torch.Tensor, entry: ModelEntry) -> torch.Tensor:
     """uint8 labels of blended network outputs ``[C, ...]`` (any spatial shape), as the entry's postprocessing states.
 
     Argmax ignores the activation (softmax and sigmoid keep each voxel's channel order):
-    channel 0 is the background, channel ``c`` the entry's ``c``-th label. Thresholds
+    channel 0 is the background, channel ``c`` the entry's ``c``-th label; of equal
+    outputs the first channel wins, as with ``torch.argmax``. Thresholds
     apply the activation and give each voxel the most probable label at or above its
     threshold (channel ``c`` is the entry's ``c + 1``-th label), else 0.
     """
     post = entry.postprocessing
     values = [label.value for label in entry.labels]
     if post.decision == "argmax":
-        table = torch.tensor([0, *values], dtype=torch.uint8, device=outputs.device)
-        return table[torch.argmax(outputs, dim=0)]
+        # torch.argmax over the outermost dimension is slow on the CPU (0.9 s for 10×250×184×108 on one thread);
+        # a running maximum gives the same first-maximum indices in a quarter of the time and a uint8 result.
+        best = outputs[0].clone()
+        labels = torch.zeros(outputs.shape[1:], dtype=torch.uint8, device=outputs.device)
+        for channel, value in enumerate(values, start=1):
+            labels.masked_fill_(outputs[channel] > best, value)
+            torch.maximum(best, outputs[channel], out=best)
+        return labels
     if post.activation == "softmax":
         probabilities = torch.softmax(outputs, dim=0)
     elif post.activation == "sigmoid":
