@@ -443,6 +443,22 @@ def test_bad_input_says_why_and_makes_no_node(module, slicer_scene, tiny, tmp_pa
     assert slicer.mrmlScene.GetNumberOfNodes() == before, "no node was made"
 
 
+def test_a_dicom_series_modality_goes_to_the_child(module, slicer_scene):
+    volume, _reference, _image_, _truth_ = _tiny_inputs()
+    hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
+    item = hierarchy.GetItemByDataNode(volume) or hierarchy.CreateItem(hierarchy.GetSceneItemID(), volume)
+    logic = module.ImagInfoSegmentationLogic()
+    job = logic.startSegmentation(volume, TINY, device="cpu")
+    assert "--modality" not in job.arguments, "a volume read from a file states none"
+    job.close()
+    hierarchy.SetItemAttribute(item, "DICOM.Modality", "MR")
+    job = logic.startSegmentation(volume, TINY, device="cpu")
+    assert job.arguments[job.arguments.index("--modality") + 1] == "MR"
+    job.cancel(wait=True)
+    job.close()
+    assert not job.work_dir.exists()
+
+
 # ----------------------------------------------------------------------------------------
 # The panel, driven as a user would (tiny model)
 

@@ -503,6 +503,7 @@ class ImagInfoSegmentationLogic(ImagInfoModuleLogic):
         self, volumeNode, model=DEFAULT_MODEL_ID, device="auto", referenceSegmentation=None, context=None
     ):
         """Write the inputs and start ``imaginfo segment``; returns the running job (see :meth:`segment`)."""
+        from ImagInfoExtension.bridge.modality import volume_modality
         from ImagInfoExtension.io import write_image
 
         problem = self.volumeProblem(volumeNode)
@@ -517,6 +518,10 @@ class ImagInfoSegmentationLogic(ImagInfoModuleLogic):
         with self.startingWorkFolder() as folder:
             image = self.writeVolume(volumeNode, folder / "image.nrrd")
             arguments = [str(folder / "image.nrrd"), "--model", entry.key, "--device", str(device)]
+            modality = volume_modality(volumeNode)
+            if modality:
+                # The child refuses a model trained on another modality, saying which.
+                arguments += ["--modality", modality]
             warnings = []
             if referenceSegmentation is not None:
                 truth, warnings = self.referenceLabels(referenceSegmentation, image, entry)
