@@ -285,6 +285,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     robustness.add_argument("--out", type=Path, help="output CSV (default robustness.csv beside the features)")
     _add_progress_argument(robustness)
+
+    segment = commands.add_parser(
+        "segment",
+        help="segment an image (or a manifest of images) with a catalogue model, on CPU or GPU",
+        description=(
+            "Runs a model of the catalogue (`imaginfo models list`) with MONAI's sliding-window inference and writes "
+            "DIR/segmentation.nrrd (a label map on the input's grid, labelled as in the catalogue), "
+            "DIR/biomarkers.csv, DIR/evaluation.csv (with --truth: label,name,dice,hd95_mm,assd_mm,nsd,volume_ml,"
+            "true_volume_ml) and DIR/summary.json (runtime_s, device, the model's id, version and sha256). "
+            "With --manifest (path plus optional case, truth, modality and factor columns) every row runs on the "
+            "batch engine, one model load per worker, resumable."
+        ),
+    )
+    segment.add_argument("image", type=Path, nargs="?", help="image: NRRD, NIfTI, MHA or a DICOM series folder")
+    segment.add_argument("--manifest", type=Path, help="CSV with path (+ case, truth, modality, factor columns)")
+    segment.add_argument("--model", required=True, help="catalogue model id, or id@version")
+    segment.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)"
+    )
+    segment.add_argument("--truth", type=Path, help="reference label map (labelled as the model) for evaluation.csv")
+    segment.add_argument("--modality", help="the input's modality (CT, PT, MR), checked against the model's")
+    segment.add_argument(
+        "--nsd-tolerance-mm", type=float, default=1.0, help="normalised surface Dice tolerance (mm, default 1)"
+    )
+    segment.add_argument("--out", type=Path, required=True, help="output folder")
+    segment.add_argument("--workers", type=int, help="local worker processes for --manifest (0: no Dask)")
+    segment.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    _add_progress_argument(segment)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="Dice, HD95, ASSD and normalised surface Dice of two label maps",
+        description=(
+            "Per label of PREDICTION and TRUTH: label,name,dice,hd95_mm,assd_mm,nsd,volume_ml,true_volume_ml. A "
+            "truth on another grid is resampled by nearest neighbour (with a warning); one that does not overlap "
+            "is refused."
+        ),
+    )
+    evaluate.add_argument("prediction", type=Path, help="predicted label map")
+    evaluate.add_argument("truth", type=Path, help="reference label map")
+    evaluate.add_argument(
+        "--spacing-aware",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="distances in mm from the voxel spacing (default); --no-spacing-aware measures them in voxels",
+    )
+    evaluate.add_argument(
+        "--nsd-tolerance-mm", type=float, default=1.0, help="normalised surface Dice tolerance (mm, default 1)"
+    )
+    evaluate.add_argument("--out", type=Path, default=Path("evaluation.csv"), help="output CSV (evaluation.csv)")
+    _add_progress_argument(evaluate)
+
+    models = commands.add_parser(
+        "models",
+        help="the model catalogue: list, import, fetch and verify weights",
+        description=(
+            "Weights are checked against their SHA-256 before they are ever loaded; only plain weight files "
+            "(torch.load(weights_only=True), safetensors) and verified TorchScript are loaded. The cache folder is "
+            "per user; IMAGINFO_MODEL_CACHE overrides it."
+        ),
+    )
+    model_actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    model_actions.add_parser("list", help="every model with its licence, size and whether its weights are present")
+    model_import = model_actions.add_parser(
+        "import", help="import a MONAI bundle (folder or .zip) as a catalogue entry; unsafe files are refused"
+    )
+    model_import.add_argument("path", type=Path, help="bundle folder or .zip (configs/, models/model.pt|.ts)")
+    model_import.add_argument("--id", dest="model_id", required=True, help="catalogue id for the model")
+    model_import.add_argument("--version", help="version (default: the bundle's metadata.json)")
+    model_fetch = model_actions.add_parser("fetch", help="download a model's weights into the cache, checked")
+    model_fetch.add_argument("model", help="model id, or id@version")
+    model_fetch.add_argument("--url", help="download from this URL instead of the catalogue's")
+    model_fetch.add_argument("--file", type=Path, help="side-load a local weights file instead (offline)")
+    model_verify = model_actions.add_parser("verify", help="check a model's weights against size and SHA-256")
+    model_verify.add_argument("model", help="model id, or id@version")
+    for parser_ in model_actions.choices.values():
+        _add_progress_argument(parser_)
     return parser
 
 
@@ -591,6 +668,113 @@ def run_radiomics_robustness(arguments: argparse.Namespace, progress: ProgressCa
     return 0
 
 
+def run_segment(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.segmentation.run import run_segment_manifest, segment_file
+
+    if arguments.manifest is not None:
+        if arguments.image is not None or arguments.truth is not None:
+            raise ValueError("give IMAGE [--truth LABELS] or --manifest CSV (with a truth column), not both")
+        paths, summary = run_segment_manifest(
+            arguments.manifest,
+            arguments.model,
+            arguments.out,
+            device=arguments.device,
+            nsd_tolerance_mm=arguments.nsd_tolerance_mm,
+            workers=arguments.workers,
+            scheduler=arguments.scheduler,
+            progress=progress,
+        )
+        for outcome in summary.failed:
+            print(f"failed: {outcome.name}: {outcome.error}")
+        print(f"{len(summary.succeeded)} of {len(summary.outcomes)} image(s) segmented; wrote {paths['cases']}")
+        return 0 if not summary.failed else EXIT_SOME_ROIS_FAILED
+    if arguments.image is None:
+        raise ValueError("give IMAGE or --manifest CSV")
+    summary = segment_file(
+        arguments.image,
+        arguments.model,
+        arguments.out,
+        device=arguments.device,
+        truth_path=arguments.truth,
+        modality=arguments.modality,
+        nsd_tolerance_mm=arguments.nsd_tolerance_mm,
+        progress=progress,
+    )
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}")
+    model = summary["model"]
+    print(
+        f"{model['id']} {model['version']} on {summary['device']} in {summary['runtime_s']:.1f} s; "
+        f"wrote {', '.join(summary['outputs'])} and summary.json to {arguments.out}"
+    )
+    for row in summary.get("evaluation", []):
+        print(f"  {row['name']}: Dice {float(row['dice']):.3f}, HD95 {float(row['hd95_mm']):.2f} mm")
+    return 0
+
+
+def run_evaluate(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.io import read_image
+    from ImagInfoExtension.segmentation.evaluation import align_truth, evaluate_label_maps, write_evaluation_csv
+
+    prediction = read_image(arguments.prediction)
+    truth, warnings = align_truth(read_image(arguments.truth), prediction)
+    for warning in warnings:
+        print(f"warning: {warning}")
+    rows = evaluate_label_maps(
+        prediction, truth, spacing_aware=arguments.spacing_aware, nsd_tolerance_mm=arguments.nsd_tolerance_mm
+    )
+    write_evaluation_csv(rows, arguments.out)
+    print(f"{len(rows)} label(s) evaluated; wrote {arguments.out}")
+    return 0
+
+
+def run_models(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    """``imaginfo models``: refused files and failed checks exit with 1 and say why."""
+    from ImagInfoExtension.segmentation.catalogue import CatalogueError
+    from ImagInfoExtension.segmentation.weights import WeightsError
+
+    try:
+        return _model_action(arguments, progress)
+    except (CatalogueError, WeightsError) as error:
+        print(f"imaginfo models {arguments.action}: {error}", file=sys.stderr)
+        return 1
+
+
+def _model_action(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.segmentation import weights
+    from ImagInfoExtension.segmentation.bundle import import_model
+    from ImagInfoExtension.segmentation.catalogue import load_catalogue
+    from ImagInfoExtension.segmentation.run import resolve_model
+
+    if arguments.action == "list":
+        entries = load_catalogue().entries
+        for entry in entries:
+            status = weights.verify_weights(entry)
+            state = "verified" if status.ok else ("present, NOT verified" if status.present else "not downloaded")
+            cpu_s = entry.requirements.time_s.get("cpu")
+            print(
+                f"{entry.key:<36} {entry.modality:<3} {entry.license:<12} {entry.weights.size_bytes / 1e6:6.1f} MB  "
+                f"{state:<22} {f'~{cpu_s:.0f} s on CPU' if cpu_s else ''}  {entry.title}"
+            )
+        print(f"{len(entries)} model(s); weights cache: {weights.cache_directory()}")
+        return 0
+    if arguments.action == "import":
+        entry = import_model(arguments.path, arguments.model_id, arguments.version)
+        print(f"imported {entry.key} ({entry.weights.size_bytes / 1e6:.1f} MB, sha256 {entry.weights.sha256})")
+        return 0
+    entry = resolve_model(arguments.model)
+    if arguments.action == "fetch":
+        if arguments.file is not None:
+            path = weights.side_load_weights(entry, arguments.file)
+        else:
+            path = weights.fetch_weights(entry, progress=progress, url=arguments.url)
+        print(f"{entry.key}: weights verified at {path}")
+        return 0
+    status = weights.verify_weights(entry)
+    print(f"{entry.key}: {status}")
+    return 0 if status.ok else 1
+
+
 def _runner(command: str) -> Callable[[argparse.Namespace, ProgressCallback], int]:
     return {
         "demo": run_demo,
@@ -601,6 +785,9 @@ def _runner(command: str) -> Callable[[argparse.Namespace, ProgressCallback], in
         "study": run_study,
         "radiomics": run_radiomics,
         "radiomics-robustness": run_radiomics_robustness,
+        "segment": run_segment,
+        "evaluate": run_evaluate,
+        "models": run_models,
     }[command]
 
 

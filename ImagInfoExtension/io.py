@@ -195,6 +195,8 @@ def write_ct_series(image: sitk.Image, folder: str | Path, info: CTSeriesInfo) -
         ds.SoftwareVersions = f"ImagInfo {__version__}"
         ds.PatientName = info.patient_name
         ds.PatientID = info.patient_id
+        # Type 2 attributes of the CT image IOD: present, empty when unknown (highdicom requires them).
+        ds.PatientBirthDate = ds.PatientSex = ds.AccessionNumber = ds.ReferringPhysicianName = ""
         ds.StudyDate = when.strftime("%Y%m%d")
         ds.StudyTime = "090000"
         ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = when.strftime("%Y%m%d")
