@@ -736,7 +736,7 @@ def run_models(arguments: argparse.Namespace, progress: ProgressCallback) -> int
     try:
         return _model_action(arguments, progress)
     except (CatalogueError, WeightsError) as error:
-        print(f"imaginfo models {arguments.action}: {error}", file=sys.stderr)
+        print(f"imaginfo models: {error}", file=sys.stderr)
         return 1
 
 
