@@ -189,6 +189,7 @@ def test_model_x_axis_points_right_in_physical_space(name):
         target[dim], source[dim] = slice(1, None), slice(0, -1)
     expected[tuple(target)] = expected_labels(array[tuple(source)])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), expected)
+    assert any("smaller than the model's window" in w and "padding" in w for w in result.warnings)
 
 
 def blocky_image(direction: np.ndarray, spacing) -> tuple[sitk.Image, np.ndarray]:
@@ -281,7 +282,15 @@ def convnet():
 
 
 @pytest.mark.parametrize(("overlap", "batch"), [(0.25, 1), (0.6, 1), (0.5, 3)])
-def test_slabs_reproduce_one_sliding_window_pass(convnet, overlap, batch):
+def test_slabs_reproduce_one_sliding_window_pass(convnet, overlap, batch, monkeypatch):
+    blocks = []
+    hold = inference._WindowRunner._hold
+
+    def counting_hold(self, key, output):
+        hold(self, key, output)
+        blocks.append(len(self.blocks))
+
+    monkeypatch.setattr(inference._WindowRunner, "_hold", counting_hold)
     torch.manual_seed(1)
     tensor = torch.rand(1, 1, 45, 20, 15)
     entry = make_entry(inference__roi_size=[12, 9, 8], inference__overlap=overlap, inference__sw_batch_size=batch)
@@ -293,9 +302,11 @@ def test_slabs_reproduce_one_sliding_window_pass(convnet, overlap, batch):
         owned = np.concatenate([np.arange(*slab.owned) for slab in plan.slabs])
         np.testing.assert_array_equal(owned, np.arange(tensor.shape[2 + axis]))  # each voxel exactly once
         counted = []
+        blocks.clear()
         network = _Counting(convnet, counted)
         stitched = stitch_outputs(tensor, network, settings, starts_per_slab=per_slab, axis=axis)
         assert sum(counted) == plan.windows  # every window runs once, shared ones included
+        assert max(blocks, default=0) == plan.shared  # the memory estimate's count of held blocks
         if batch == 1:
             assert torch.equal(stitched, plain)  # same windows, weights and order: bit for bit
         else:  # the network's own arithmetic differs slightly with the batch's make-up
@@ -482,6 +493,19 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu(monkeypatch):
     assert devices == ["cuda", "cpu"] and emptied
     assert result.device == "cpu" and result.memory.placement == "cpu"
     assert any("ran out of memory" in w and "repeated on the CPU" in w for w in result.warnings)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), expected_labels(sitk.GetArrayFromImage(image)))
+
+
+def test_gpu_too_small_for_one_window_batch_runs_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(
+        inference, "available_memory", lambda device="cpu": 2**10 if torch.device(device).type == "cuda" else 2**34
+    )
+    image = make_image(GRIDS["permuted"])
+    result = segment_image(image, make_entry(), network=ThresholdNet(), device="cuda")
+    assert result.device == "cpu" and result.memory.placement == "cpu"
+    assert any("too little free memory even for one window batch" in w for w in result.warnings)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), expected_labels(sitk.GetArrayFromImage(image)))
 
 

@@ -40,34 +40,44 @@ runs one catalogue entry on one SimpleITK image:
    spacing, origin and direction.
 
 Memory model (:func:`estimate_memory`), in bytes, for a model-space shape ``X·Y·Z = V``
-(``V_in`` on the input grid), ``C_in`` input and ``C_out`` output channels, a slab of
-``S`` voxels (its cross-section padded to the ROI where MONAI pads) and windows of
-``B = sw_batch_size`` ROIs of ``W`` voxels::
+(``V_in`` voxels of ``b`` bytes per channel on the input grid), ``C_in`` input and
+``C_out`` output channels, a slab of ``S`` voxels (its cross-section padded to the ROI
+where MONAI pads), windows of ``W`` voxels, ``B = sw_batch_size``, ``P`` windows per
+plane across the slab axis::
 
-    input          4·C_in·V                              the model-space tensor
-    preprocessing  C_in·(8·V_in + 16·V)                  the copies prepare_input makes at its peak
-    stitching      4·(C_out + 1)·S + decision chunk      MONAI's output and count map for one slab
-    cache          4·C_out·W·(windows slabs share)       window outputs handed to the next slab
-    activations    1.25·traced(B) + 64 MiB (CPU)         one window batch through the network
-                   + 4·B·W·(C_in + C_out)                its input and output
-    labels         V (uint8), plus 4·V + 4·V_in for postprocessing and the way back
+    input          4·C_in·V                          the model-space tensor
+    preprocessing  b·V_in + 8·V per channel          the reoriented copy and normalise_intensity's two
+                   (b·V_in + 12·V_in + 4·V resampled)  float32 arrays; SimpleITK's copies when resampling
+    stitching      4·(C_out + 1)·S + decision chunk  MONAI's output and count map for one slab
+    cache          4·C_out·W·P·blocks                window outputs handed to the next slab
+    activations    1.25·traced(B) + 64 MiB (CPU)     one window batch through the network,
+                   + 4·B·W·(C_in + C_out)            and its input and output
+    labels         V + 2·V_in (+ 4·V with            the labels, their reordered copy and the
+                   components, + V + 2·V_in resampled) output image; components; the way back
+
+The CPU peak is the largest of three phases: preprocessing; inference (input, labels,
+stitching, cache and, on the CPU, activations); labels. ``blocks`` is the number of
+planes of handed-on window outputs alive at once: 1 when the slab axis is MONAI's
+outermost (X: a slab reads the windows it was handed before it makes those it hands
+on), 2 otherwise (overlap < 0.5). The slab is the largest whose accumulator stays
+within ``DEFAULT_STITCH_LIMIT_MB`` and whose run fits the free memory.
 
 ``traced(B)`` is the peak of the bytes of tensors alive during one forward pass of the
 network over a window batch, found by running that forward pass on PyTorch's meta
-device (shapes only, no data, no arithmetic) and following each tensor's lifetime,
-plus each convolution's work buffer under PyTorch's CPU rule (the im2col columns of
-``slow_conv3d`` and ``slow_conv_transpose3d``, an output-sized reorder for oneDNN). The
-factor 1.25 and the 64 MiB (allocator slack and the first call's one-time buffers)
-were calibrated against the peak resident memory of MONAI UNets measured on the CPU
-(``benchmarks/bench_segmentation_inference.py --calibrate`` repeats it): measured /
-traced lay between 0.71 and 1.23 over widths 8–256, 2–10 output channels, 0–2
-residual units, batches 1–2 and ROIs 64³ and 96×96×64. On CUDA the same formula is
-used without the 64 MiB (the CUDA context lies outside the free memory it is compared
-with); it is conservative there because AMP halves the activations. A network that
-cannot be traced on the meta device is charged ``FALLBACK_ACTIVATION_BYTES_PER_VOXEL``
-per window voxel. CPU peak = the largest of the preprocessing, inference and
-postprocessing phases; the slab is the largest whose accumulator stays within
-``DEFAULT_STITCH_LIMIT_MB`` and whose run fits the free memory.
+device (shapes only: no data, no arithmetic, no memory) and following each tensor's
+lifetime, plus each convolution's work buffer under PyTorch's CPU rule (the im2col
+columns of ``slow_conv3d`` and ``slow_conv_transpose3d``, an output-sized reorder for
+oneDNN). The factor 1.25 and the 64 MiB (allocator slack and the first call's one-time
+buffers) were calibrated against the resident-memory peak of the first forward pass of
+eight MONAI UNets in fresh processes on the CPU (``benchmarks/
+bench_segmentation_inference.py --sections calibration`` repeats it): measured /
+traced lay between 1.00 and 2.17 (the 2.17 a deep, narrow-output network whose fixed
+costs dominate) over widths 8–256, 2–10 output channels, 0–2 residual units, batches
+1–2 and ROIs 64³ and 96×96×64, and the charge covered every one (charge / measured
+1.09–1.84). On CUDA the same formula is used without the 64 MiB (the CUDA context lies
+outside the free memory it is compared with); not calibrated there (no GPU here), it
+is conservative because AMP halves the activations. A network that cannot be traced
+on the meta device is charged ``FALLBACK_ACTIVATION_BYTES_PER_VOXEL`` per window voxel.
 """
 
 from __future__ import annotations
@@ -536,7 +546,8 @@ class SlabPlan:
     windows_per_plane : int
         Windows sharing one start along the slab axis.
     shared : int
-        The most window starts along the axis whose outputs are held for a later slab at once.
+        The most blocks of window outputs held for a later slab at once (a block: the
+        outputs of the windows at one start along the slab axis).
     """
 
     shape: tuple[int, int, int]
@@ -623,10 +634,30 @@ def plan_slabs(
         mine = np.flatnonzero(owner == number)
         if mine.size:
             slabs.append(Slab((p, q), (starts[p], starts[q] + width), (int(mine[0]), int(mine[-1]) + 1)))
-    holders = _holders(slabs, count)
-    # Window starts computed by an earlier slab and still needed by a later one, at the worst moment.
-    held = max(sum(1 for first_, last_ in holders if first_ <= n < last_) for n in range(len(slabs)))
+    # MONAI runs windows with the first axis outermost: along X, a slab reads its handed-on windows before
+    # it makes those for the next slab; along another axis both sets are in use at once.
+    held = _peak_blocks(slabs, _holders(slabs, count), sequential=axis == 0)
     return SlabPlan(shape, padded, axis, starts, tuple(slabs), windows, per_plane, held)
+
+
+def _peak_blocks(slabs: Sequence[Slab], holders: Sequence[tuple[int, int]], sequential: bool) -> int:
+    """The most blocks of handed-on window outputs alive at once (see :class:`_WindowRunner`)."""
+    alive: set[int] = set()
+    peak = 0
+    for number, slab in enumerate(slabs):
+        indices = range(slab.windows[0], slab.windows[1] + 1)
+        made = [j for j in indices if holders[j][0] == number < holders[j][1]]
+        done = [j for j in indices if holders[j][0] < number == holders[j][1]]
+        if sequential:
+            for j in indices:
+                alive.update([j] if j in made else [])
+                peak = max(peak, len(alive))
+                alive.discard(j) if j in done else None
+        else:
+            alive.update(made)
+            peak = max(peak, len(alive))
+            alive.difference_update(done)
+    return peak
 
 
 def _holders(slabs: Sequence[Slab], count: int) -> list[tuple[int, int]]:
@@ -865,6 +896,8 @@ def estimate_memory(
     placement: str | None = None,
     starts_per_slab: int | None = None,
     input_shape_ijk: Sequence[int] | None = None,
+    input_itemsize: int = 4,
+    resampled: bool | None = None,
     network: torch.nn.Module | None = None,
 ) -> MemoryEstimate:
     """The memory a run needs under one plan (see the module docstring for the model).
@@ -883,6 +916,10 @@ def estimate_memory(
         The slab size in window starts (see :func:`plan_slabs`); None = one slab.
     input_shape_ijk : sequence of int, optional
         The input grid's size (default: as many voxels as the model space).
+    input_itemsize : int
+        Bytes per voxel and channel of the input image (2 for int16 CT).
+    resampled : bool, optional
+        Whether the input is resampled to the model grid (default: when the voxel counts differ).
     network : torch.nn.Module, optional
         Traced when the entry does not name a MONAI class.
     """
@@ -899,8 +936,15 @@ def estimate_memory(
     plan = plan_slabs(shape, entry.inference, starts_per_slab)
     window = math.prod(entry.inference.roi_size)
 
+    resampled = volume != volume_in if resampled is None else resampled
     input_bytes = 4 * c_in * volume
-    preprocessing = c_in * (8 * volume_in + 16 * volume) + input_bytes
+    # prepare_input per channel: the reoriented copy, then normalise_intensity's two float32 arrays (numpy reuses
+    # the temporary of `(x - a) / b`); resampling adds a float32 copy, its transpose and SimpleITK's image of the
+    # input, and the resampled image and its transpose. Earlier channels wait as float32; several are stacked.
+    channel = input_itemsize * volume_in + 8 * volume
+    if resampled:
+        channel = max(input_itemsize * volume_in + 12 * volume_in + 4 * volume, 12 * volume)
+    preprocessing = 4 * (c_in - 1) * volume + channel + (input_bytes if c_in > 1 else 0)
     padding_copy = 4 * c_in * plan.slab_voxels if plan.padded_shape != shape else 0
     decision_voxels = min(plan.owned_voxels, DECISION_CHUNK_VOXELS)
     per_decision = 9 if entry.postprocessing.decision == "argmax" else 4 * c_out + 10
@@ -908,8 +952,10 @@ def estimate_memory(
     cache = 4 * c_out * window * plan.windows_per_plane * plan.shared
     activations, source = activation_bytes(entry, run_device, network)
     post = entry.postprocessing
+    # The model-space labels, int32 components when postprocessing asks for them, and the way back: SimpleITK's
+    # copy and the resampled labels (and its transpose) when resampled, the reordered copy and the output image.
     labels = volume + (4 * volume if post.largest_component or post.min_component_volume_ml > 0 else 0)
-    labels += 4 * volume_in + 2 * volume
+    labels += 2 * volume_in + (volume + 2 * volume_in if resampled else 0)
 
     on_cpu_inference = volume  # the labels, written slab by slab
     on_device = 0
@@ -959,6 +1005,8 @@ def plan_memory(
     *,
     memory_limit_mb: float | None = None,
     input_shape_ijk: Sequence[int] | None = None,
+    input_itemsize: int = 4,
+    resampled: bool | None = None,
     network: torch.nn.Module | None = None,
     available_cpu: int | None = None,
     available_device: int | None = None,
@@ -1010,6 +1058,8 @@ def plan_memory(
                 placement=placement,
                 starts_per_slab=size,
                 input_shape_ijk=input_shape_ijk,
+                input_itemsize=input_itemsize,
+                resampled=resampled,
                 network=network,
             )
             candidates.append(estimate)
@@ -1060,7 +1110,13 @@ class _WindowRunner:
         self.expected_channels = expected_channels
         self.progress = progress
         self.done = 0
-        self.cache: dict[tuple[int, ...], torch.Tensor] = {}
+        # The outputs of the windows at one start along the slab axis that a later slab needs, in one block
+        # [windows_per_plane, C, *roi] each: one large allocation is returned to the system whole when freed,
+        # where thousands of window-sized ones would fragment the allocator's heap and keep the memory.
+        self.blocks: dict[int, torch.Tensor] = {}
+        self.slots: dict[tuple[int, ...], int] = {}  # a window's place in its plane (its starts on the other axes)
+        self.held: set[tuple[int, ...]] = set()
+        self.unread: dict[int, int] = {}  # windows of a block its last slab has still to read
         self.slab = 0
         self.offset = 0
         self.index_of = {start: index for index, start in enumerate(plan.starts)}
@@ -1069,9 +1125,37 @@ class _WindowRunner:
     def begin(self, slab_number: int) -> None:
         self.slab = slab_number
         self.offset = self.plan.slabs[slab_number].read[0]
-        # Outputs whose last user has finished are dropped.
-        for key in [k for k in self.cache if self.holders[self.index_of[k[self.plan.axis]]][1] < slab_number]:
-            del self.cache[key]
+        for index in [j for j in self.blocks if self.holders[j][1] < slab_number]:  # their last user has finished
+            del self.blocks[index]
+            self.unread.pop(index, None)
+            self.held = {key for key in self.held if self.index_of[key[self.plan.axis]] != index}
+
+    def _slot(self, key: tuple[int, ...]) -> int:
+        across = tuple(start for axis, start in enumerate(key) if axis != self.plan.axis)
+        return self.slots.setdefault(across, len(self.slots))
+
+    def _hold(self, key: tuple[int, ...], output: torch.Tensor) -> None:
+        index = self.index_of[key[self.plan.axis]]
+        if index not in self.blocks:
+            shape = (self.plan.windows_per_plane, *output.shape)
+            self.blocks[index] = torch.empty(shape, dtype=output.dtype, device=self.cache_device)
+        self.blocks[index][self._slot(key)].copy_(output)
+        self.held.add(key)
+        self.unread[index] = self.unread.get(index, 0) + 1
+
+    def _held(self, key: tuple[int, ...]) -> torch.Tensor | None:
+        index = self.index_of[key[self.plan.axis]]
+        if key not in self.held or self.holders[index][0] >= self.slab:
+            return None
+        output = self.blocks[index][self._slot(key)]
+        if self.holders[index][1] != self.slab:
+            return output.clone()  # MONAI scales what it gets in place, and a later slab reads this window again
+        output = output.clone()
+        self.held.discard(key)
+        self.unread[index] -= 1
+        if not self.unread[index]:  # the whole block has been read for the last time: free it now
+            del self.blocks[index], self.unread[index]
+        return output
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -1099,11 +1183,7 @@ class _WindowRunner:
             starts = [int(s.start) for s in coordinate[2:]]
             starts[axis] += self.offset
             keys.append(tuple(starts))
-        outputs: list[torch.Tensor | None] = []
-        for key in keys:
-            held = self.cache.get(key)
-            reuse = held is not None and self.holders[self.index_of[key[axis]]][0] < self.slab
-            outputs.append(held.to(windows.device, copy=True) if reuse else None)
+        outputs: list[torch.Tensor | None] = [self._held(key) for key in keys]
         todo = [number for number, output in enumerate(outputs) if output is None]
         computed = None
         if todo:
@@ -1112,12 +1192,13 @@ class _WindowRunner:
                 outputs[number] = output
                 key = keys[number]
                 if self.holders[self.index_of[key[axis]]][1] > self.slab:  # a later slab needs it too
-                    self.cache[key] = output.detach().to(self.cache_device, copy=True)
+                    self._hold(key, output)
             self.done += len(todo)
             if self.progress is not None:
                 self.progress(self.done, self.plan.windows, f"window {self.done} of {self.plan.windows}")
-        # MONAI scales what it gets in place by the blending weights (the cache holds copies).
-        return computed if len(todo) == len(keys) else torch.stack(outputs)
+        if len(todo) == len(keys):
+            return computed
+        return torch.stack([output.to(windows.device) for output in outputs])
 
 
 def iter_slab_outputs(
@@ -1393,13 +1474,18 @@ class Segmenter:
             entry,
             self.device,
             memory_limit_mb=limit,
-            input_shape_ijk=image.GetSize(),
+            **_image_facts(image, geometry),
             network=self._network,
         )
         if estimate.placement == "windows":
             warnings.append(
                 f"{self.device} has too little free memory to stitch this volume ({estimate.describe()}): the windows "
                 "run there and are stitched on the CPU"
+            )
+        elif estimate.placement == "cpu" and self.device.type != "cpu":
+            warnings.append(
+                f"{self.device} has too little free memory even for one window batch "
+                f"({estimate.activation_bytes / MIB:.0f} MB): the model runs on the CPU, which is slower"
             )
         tensor = prepare_input(image, entry, geometry)
         network = self.network
@@ -1421,7 +1507,7 @@ class Segmenter:
                 entry,
                 "cpu",
                 memory_limit_mb=limit,
-                input_shape_ijk=image.GetSize(),
+                **_image_facts(image, geometry),
                 network=self._network,
             )
             warnings.append(
@@ -1446,6 +1532,12 @@ class Segmenter:
             entry=entry.key,
             stitch_device=estimate.stitch_device,
         )
+
+
+def _image_facts(image: sitk.Image, geometry: ModelGeometry) -> dict:
+    """What the memory estimate needs to know of the input: its size, bytes per voxel and channel, resampling."""
+    itemsize = sitk.GetArrayViewFromImage(image).itemsize
+    return {"input_shape_ijk": image.GetSize(), "input_itemsize": itemsize, "resampled": geometry.resampled}
 
 
 def _padding_warnings(shape: Sequence[int], entry: ModelEntry) -> list[str]:
