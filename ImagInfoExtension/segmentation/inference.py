@@ -22,13 +22,16 @@ runs one catalogue entry on one SimpleITK image:
 4. **Sliding window.** MONAI's ``sliding_window_inference`` with the entry's blend
    mode (Gaussian), ``sigma_scale``, overlap, batch size and padding; AMP
    (``torch.autocast('cuda', float16)``) on CUDA only; ``torch.inference_mode``.
-   Large volumes are stitched in overlapping slabs along their longest axis
+   Large volumes are stitched in overlapping slabs along the axis with the most windows
    (:func:`plan_slabs`), each turned into uint8 labels at once, so only one slab's
    float accumulator lives at a time. Slab borders sit on MONAI's own window grid and
    every slab keeps only the voxels whose windows all lie inside it; the windows two
    slabs share run once and are handed on. Each kept voxel therefore sums the same
    windows with the same Gaussian weights in the same order as one plain
-   ``sliding_window_inference`` call over the whole volume, at no extra network cost.
+   ``sliding_window_inference`` call over the whole volume, at no extra network cost:
+   bit for bit with ``sw_batch_size`` 1; with larger batches the network's own
+   arithmetic may differ in the last bits (~1e-6) as the batches are made up of other
+   windows.
 5. **Labels.** At model resolution in uint8 (:func:`decide_labels`): argmax (channel 0
    is the background, channel ``c`` is ``entry.labels[c - 1]``) or per-label thresholds
    (one channel per label, in the entry's order; where several labels pass, the most
@@ -587,7 +590,8 @@ def plan_slabs(
         Window starts along the slab axis per slab; None puts the whole volume in one
         slab. Raised to the smallest that still lets every voxel's windows lie in one slab.
     axis : int, optional
-        The slab axis; by default the longest (the first of equals).
+        The slab axis; by default the one with the most window starts, of those the
+        longest, of those the first (:func:`slab_axis`).
 
     Notes
     -----
@@ -602,7 +606,7 @@ def plan_slabs(
     per_axis = [window_starts(n, r, settings.overlap) for n, r in zip(shape, roi)]
     padded = tuple(max(n, r) for n, r in zip(shape, roi))
     if axis is None:
-        axis = int(np.argmax(shape))
+        axis = slab_axis(shape, settings)
     starts = per_axis[axis]
     count = len(starts)
     windows = math.prod(len(s) for s in per_axis)
@@ -640,6 +644,12 @@ def plan_slabs(
     return SlabPlan(shape, padded, axis, starts, tuple(slabs), windows, per_plane, held)
 
 
+def slab_axis(shape_xyz: Sequence[int], settings: InferenceSettings) -> int:
+    """The axis slabs are cut along: the most window starts, then the longest, then the first."""
+    counts = [len(window_starts(int(n), r, settings.overlap)) for n, r in zip(shape_xyz, settings.roi_size)]
+    return max(range(3), key=lambda a: (counts[a], int(shape_xyz[a]), -a))
+
+
 def _peak_blocks(slabs: Sequence[Slab], holders: Sequence[tuple[int, int]], sequential: bool) -> int:
     """The most blocks of handed-on window outputs alive at once (see :class:`_WindowRunner`)."""
     alive: set[int] = set()
@@ -650,9 +660,11 @@ def _peak_blocks(slabs: Sequence[Slab], holders: Sequence[tuple[int, int]], sequ
         done = [j for j in indices if holders[j][0] < number == holders[j][1]]
         if sequential:
             for j in indices:
-                alive.update([j] if j in made else [])
+                if j in made:
+                    alive.add(j)
                 peak = max(peak, len(alive))
-                alive.discard(j) if j in done else None
+                if j in done:
+                    alive.discard(j)
         else:
             alive.update(made)
             peak = max(peak, len(alive))
@@ -993,7 +1005,7 @@ def estimate_memory(
 def _slab_sizes(model_shape_xyz: Sequence[int], settings: InferenceSettings) -> list[int | None]:
     """Candidate ``starts_per_slab``, largest first (None = one slab)."""
     shape = tuple(int(n) for n in model_shape_xyz)
-    axis = int(np.argmax(shape))
+    axis = slab_axis(shape, settings)
     count = len(window_starts(shape[axis], settings.roi_size[axis], settings.overlap))
     return [None, *range(count - 1, 1, -1)] if count > 2 else [None]
 
