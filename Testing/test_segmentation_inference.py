@@ -324,6 +324,33 @@ class _Counting(torch.nn.Module):
         return self.network(x)
 
 
+def test_segmenter_loads_verified_weights_once(tmp_path, monkeypatch, unet):
+    import hashlib
+
+    from ImagInfoExtension.segmentation import weights
+
+    monkeypatch.setenv("IMAGINFO_MODEL_CACHE", str(tmp_path / "cache"))
+    file = tmp_path / "model.pt"
+    torch.save(unet.state_dict(), file)
+    data = file.read_bytes()
+    spec = {"file": "model.pt", "format": "state_dict", "sha256": hashlib.sha256(data).hexdigest()}
+    entry = make_entry(
+        weights={**spec, "size_bytes": len(data)}, network__args={**make_entry().network.args, "num_res_units": 1}
+    )
+    weights.side_load_weights(entry, file)
+    loads = []
+    real = weights.load_network
+    monkeypatch.setattr(weights, "load_network", lambda *a, **k: loads.append(a) or real(*a, **k))
+    segmenter = Segmenter(entry, device="cpu")
+    assert not loads  # nothing is loaded before the first image
+    images = [make_image(GRIDS["oblique"], size=(20, 17, 13), seed=seed) for seed in (8, 9)]
+    for image in images:
+        expected = segment_image(image, entry, network=unet, device="cpu").labels
+        result = segmenter(image)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(expected))
+    assert len(loads) == 1
+
+
 def test_slabs_chosen_from_the_memory_budget_give_the_same_labels(unet, monkeypatch):
     entry = make_entry(inference__roi_size=[10, 10, 8])
     image = make_image(GRIDS["flipped"], size=(40, 22, 18), seed=2)
