@@ -52,6 +52,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _perturbation(text: str) -> tuple[str, list[float]]:
+    name, _, levels = text.partition("=")
+    try:
+        values = [float(part) for part in levels.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: levels must be numbers, e.g. noise_sd_hu=0,10,20,40") from error
+    if not name.strip() or not values:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FACTOR=LEVELS, e.g. blur_fwhm_mm=0,0.5,1,2")
+    return name.strip(), values
+
+
 def _add_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress",
@@ -205,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="segments for --radiomics: classes (the truth's radius classes), pmma (the holder wall); default both",
     )
     compare.add_argument(
+        "--segmentation",
+        metavar="MODEL",
+        help="add a catalogue model's segmentation scored against the truth (Dice, HD95, volume per class) next to "
+        "the graph cut's, e.g. imaginfo-phantom-vessels",
+    )
+    compare.add_argument(
         "--parameters",
         type=Path,
         help="JSON object of comparison settings (ComparisonParameters fields); the flags above override it",
@@ -285,6 +302,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     robustness.add_argument("--out", type=Path, help="output CSV (default robustness.csv beside the features)")
     _add_progress_argument(robustness)
+
+    perturbation = commands.add_parser(
+        "robustness",
+        help="how a segmentation model's accuracy falls as image quality falls (noise, blur, dose)",
+        description=(
+            "Degrades IMAGE step by step (correlated noise of a chosen NPS at a given SD, Gaussian blur of a given "
+            "FWHM, or a lower dose by noise insertion), segments every level with the model and scores it against "
+            "the truth through the study runner. Writes study.csv, results_long.csv "
+            "(<factors>,radius_mm,metric,value), robustness_summary.csv, robustness.png/.svg, "
+            "robustness_section.html, robustness_report.html and provenance.json."
+        ),
+    )
+    perturbation.add_argument("image", type=Path, help="the unperturbed image")
+    perturbation.add_argument("--model", required=True, help="catalogue model id, or id@version")
+    perturbation.add_argument("--truth", type=Path, required=True, help="reference label map, labelled as the model")
+    perturbation.add_argument(
+        "--perturb",
+        type=_perturbation,
+        action="append",
+        required=True,
+        metavar="FACTOR=LEVELS",
+        help="noise_sd_hu=0,10,20,40 | blur_fwhm_mm=0,0.5,1,2 | dose_mgy=4,2,1 (repeat for several factors)",
+    )
+    perturbation.add_argument(
+        "--nps", default="phantom", help="noise texture: phantom (its FBP NPS), white, or a CSV frequency_per_mm,nps"
+    )
+    perturbation.add_argument(
+        "--design",
+        choices=["one_at_a_time", "grid"],
+        default="one_at_a_time",
+        help="vary each factor alone from the unperturbed image (default), or every combination",
+    )
+    perturbation.add_argument("--repetitions", type=_positive_int, default=1, help="noise realisations (default 1)")
+    perturbation.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    perturbation.add_argument("--reference-dose-mgy", type=float, help="the image's CTDIvol, for dose_mgy levels")
+    perturbation.add_argument("--reference-noise-sd-hu", type=float, help="the image's noise SD, for dose_mgy levels")
+    perturbation.add_argument("--graph-cut", action="store_true", help="also score the vessel graph cut (slow)")
+    perturbation.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    perturbation.add_argument("--out", type=Path, required=True, help="output folder")
+    perturbation.add_argument("--workers", type=int, help="local worker processes (0: no Dask)")
+    perturbation.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    _add_progress_argument(perturbation)
 
     segment = commands.add_parser(
         "segment",
@@ -542,6 +601,8 @@ def run_compare(arguments: argparse.Namespace, progress: ProgressCallback) -> in
         if arguments.radiomics_segments:
             radiomics["segments"] = arguments.radiomics_segments
         flags["radiomics"] = radiomics
+    if arguments.segmentation:
+        flags["segmentation"] = {**(settings.get("segmentation") or {}), "model": arguments.segmentation}
     parameters = ComparisonParameters(**{**settings, **{k: v for k, v in flags.items() if v is not None}})
     if arguments.noise_roi is not None and not arguments.noise_roi.exists():
         raise FileNotFoundError(f"--noise-roi {arguments.noise_roi} does not exist; give a label map or mask file")
@@ -712,6 +773,39 @@ def run_segment(arguments: argparse.Namespace, progress: ProgressCallback) -> in
     return 0
 
 
+def run_robustness(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
+    from ImagInfoExtension.io import read_image
+    from ImagInfoExtension.segmentation.robustness import run_robustness as robustness
+
+    names = [name for name, _ in arguments.perturb]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--perturb names a factor twice ({', '.join(names)}); give each factor once")
+    result = robustness(
+        read_image(arguments.image),
+        read_image(arguments.truth),
+        arguments.model,
+        dict(arguments.perturb),
+        arguments.out,
+        nps=arguments.nps,
+        repetitions=arguments.repetitions,
+        seed=arguments.seed,
+        design=arguments.design,
+        device=arguments.device,
+        reference_dose_mgy=arguments.reference_dose_mgy,
+        reference_noise_sd_hu=arguments.reference_noise_sd_hu,
+        graph_cut=arguments.graph_cut,
+        workers=arguments.workers,
+        scheduler=arguments.scheduler,
+        progress=progress,
+    )
+    for note in result.notes:
+        print(f"warning: {note}")
+    for failure in result.failures.itertuples():
+        print(f"failed: {failure.error}")
+    print(f"{len(result.design)} level(s) segmented and scored; report: {result.files['report']}")
+    return 0 if result.failures.empty else EXIT_SOME_ROIS_FAILED
+
+
 def run_evaluate(arguments: argparse.Namespace, progress: ProgressCallback) -> int:
     from ImagInfoExtension.io import read_image
     from ImagInfoExtension.segmentation.evaluation import align_truth, evaluate_label_maps, write_evaluation_csv
@@ -786,6 +880,7 @@ def _runner(command: str) -> Callable[[argparse.Namespace, ProgressCallback], in
         "radiomics": run_radiomics,
         "radiomics-robustness": run_radiomics_robustness,
         "segment": run_segment,
+        "robustness": run_robustness,
         "evaluate": run_evaluate,
         "models": run_models,
     }[command]
