@@ -157,8 +157,8 @@ def test_the_runner_runs_any_plugins_over_any_factors(kernel_study, tmp_path):
 
 
 def test_unknown_plugins_and_settings_are_refused(kernel_study, tmp_path):
-    with pytest.raises(ValueError, match="unknown measurement plugin 'segmentation'"):
-        load_plugin("segmentation")
+    with pytest.raises(ValueError, match="unknown measurement plugin 'lung_density'"):
+        load_plugin("lung_density")
     with pytest.raises(ValueError, match="cannot be loaded"):
         load_plugin("no_such_module:Plugin")
     with pytest.raises(ValueError, match="settings for plugin.*per_class"):
@@ -175,7 +175,7 @@ def test_unknown_plugins_and_settings_are_refused(kernel_study, tmp_path):
 
 # --- one metric registry ----------------------------------------------------------------
 
-_SUFFIX_UNITS = {"_hu": "HU", "_mm": "mm", "_ml": "ml", "_per_mm": "mm⁻¹"}
+_SUFFIX_UNITS = {"_hu": "HU", "_mm": "mm", "_ml": "ml", "_per_mm": "mm⁻¹", "_s": "s"}
 
 
 def test_every_plugin_metric_is_registered_with_the_unit_its_name_states():

@@ -24,6 +24,7 @@ import difflib
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -588,10 +589,29 @@ def schema_path() -> Path:
     return _resource(SCHEMA_FILE)
 
 
+#: The environment variable that overrides the per-user cache of weights and imported models.
+CACHE_VARIABLE = "IMAGINFO_MODEL_CACHE"
+
+
+def cache_directory() -> Path:
+    """The per-user weights cache (not created here); ``$IMAGINFO_MODEL_CACHE`` overrides it."""
+    override = os.environ.get(CACHE_VARIABLE, "").strip()
+    if override:
+        return Path(override).expanduser().absolute()
+    home = Path.home()
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA", "").strip()
+        return (Path(local) if local else home / "AppData" / "Local") / "imaginfo" / "models"
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "imaginfo" / "models"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    # The XDG spec says a relative $XDG_CACHE_HOME is invalid and must be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache"
+    return base / "imaginfo" / "models"
+
+
 def user_catalogue_path() -> Path:
     """The user catalogue of imported models, ``<cache>/catalogue.json``."""
-    from ImagInfoExtension.segmentation.weights import cache_directory
-
     return cache_directory() / USER_CATALOGUE_FILE
 
 

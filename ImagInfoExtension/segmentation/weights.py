@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -47,13 +46,16 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ImagInfoExtension.progress import ProgressCallback
-from ImagInfoExtension.segmentation.catalogue import ModelEntry, resources_directories
+from ImagInfoExtension.segmentation.catalogue import (  # noqa: F401 - cache_directory and CACHE_VARIABLE are part of this API
+    CACHE_VARIABLE,
+    ModelEntry,
+    cache_directory,
+    resources_directories,
+)
 
 if TYPE_CHECKING:
     import torch
 
-#: Environment variable that replaces the per-user cache folder.
-CACHE_VARIABLE = "IMAGINFO_MODEL_CACHE"
 #: Prefix of every temporary file and folder this module makes in the cache.
 PARTIAL_PREFIX = ".partial-"
 #: Seconds a download may wait for the server before it is given up.
@@ -123,23 +125,6 @@ def _fix(key: str) -> str:
         f"download them with `imaginfo models fetch {key}`, or side-load a good copy offline with "
         f"`imaginfo models fetch {key} --file FILE`"
     )
-
-
-def cache_directory() -> Path:
-    """The per-user weights cache (not created here); ``$IMAGINFO_MODEL_CACHE`` overrides it."""
-    override = os.environ.get(CACHE_VARIABLE, "").strip()
-    if override:
-        return Path(override).expanduser().absolute()
-    home = Path.home()
-    if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA", "").strip()
-        return (Path(local) if local else home / "AppData" / "Local") / "imaginfo" / "models"
-    if sys.platform == "darwin":
-        return home / "Library" / "Caches" / "imaginfo" / "models"
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    # The XDG spec says a relative $XDG_CACHE_HOME is invalid and must be ignored.
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache"
-    return base / "imaginfo" / "models"
 
 
 def cache_path(entry: ModelEntry) -> Path:
