@@ -306,6 +306,290 @@ def figure_feature_robustness(robustness: dict):
     return fig
 
 
+#: The segmentation plugin's metrics the report compares, model against graph cut: (title, model key, graph-cut key).
+SEGMENTATION_PAIRS = (
+    ("Dice", "seg_dice", "graphcut_dice"),
+    ("HD95", "seg_hd95_mm", "graphcut_hd95_mm"),
+)
+
+
+def segmentation_comparison(long: pd.DataFrame) -> dict | None:
+    """The model's and the graph cut's Dice and HD95 per reconstruction, dose and radius class.
+
+    Returns
+    -------
+    dict or None
+        ``table``: one row per (recon, dose_mgy, radius_mm, metric) with ``model_mean``,
+        ``model_sd``, ``graphcut_mean``, ``graphcut_sd`` and ``n`` (series with a model
+        value); None when the study has no segmentation rows.
+    """
+    keys = [key for _, *pair in SEGMENTATION_PAIRS for key in pair]
+    rows = long[long["metric"].isin(keys) & long["radius_mm"].notna()]
+    if rows.empty or not rows["metric"].str.startswith("seg_").any():
+        return None
+    grouped = rows.groupby(["recon", "dose_mgy", "radius_mm", "metric"])["value"].agg(["mean", "std", "count"])
+    grouped = grouped.reset_index()
+    tables = []
+    for title, model_key, graphcut_key in SEGMENTATION_PAIRS:
+        model = grouped[grouped["metric"] == model_key].drop(columns="metric")
+        model = model.rename(columns={"mean": "model_mean", "std": "model_sd", "count": "n"})
+        graphcut = grouped[grouped["metric"] == graphcut_key].drop(columns=["metric", "count"])
+        graphcut = graphcut.rename(columns={"mean": "graphcut_mean", "std": "graphcut_sd"})
+        both = model.merge(graphcut, on=["recon", "dose_mgy", "radius_mm"], how="outer")
+        both.insert(3, "metric", title)
+        tables.append(both)
+    table = pd.concat(tables, ignore_index=True)
+    table["n"] = table["n"].fillna(0).astype(int)
+    table = table[
+        ["recon", "dose_mgy", "radius_mm", "metric", "model_mean", "model_sd", "graphcut_mean", "graphcut_sd", "n"]
+    ]
+    return {"table": table.sort_values(["metric", "recon", "dose_mgy", "radius_mm"]).reset_index(drop=True)}
+
+
+def figure_segmentation_against_dose(comparison: dict):
+    """Dice against dose: a column per reconstruction, the model above the graph cut, a line per radius class."""
+    from ImagInfoExtension.report import radius_class_colours
+
+    plt = _pyplot()
+    table = comparison["table"]
+    table = table[table["metric"] == "Dice"]
+    if table.empty:
+        return None
+    recons = recon_order(table["recon"])
+    radii = sorted(table["radius_mm"].unique())
+    doses = sorted(table["dose_mgy"].unique())
+    colours = dict(zip(radii, radius_class_colours(len(radii)), strict=True))
+    fig, axes = plt.subplots(
+        2,
+        len(recons),
+        figsize=(3.8 * len(recons) + 1.6, 6.4),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
+    for column, recon in enumerate(recons):
+        for row, (who, prefix) in enumerate((("model", "model"), ("graph cut", "graphcut"))):
+            ax = axes[row][column]
+            for radius in radii:
+                group = table[(table["recon"] == recon) & np.isclose(table["radius_mm"], radius)]
+                group = group.sort_values("dose_mgy")
+                if group[f"{prefix}_mean"].notna().any():
+                    ax.errorbar(
+                        group["dose_mgy"],
+                        group[f"{prefix}_mean"],
+                        yerr=group[f"{prefix}_sd"].fillna(0),
+                        marker=".",
+                        capsize=2,
+                        color=colours[radius],
+                        label=f"{radius:g} mm",
+                    )
+            log_axis(ax, doses)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(recon)
+            else:
+                ax.set_xlabel("CTDIvol (mGy)")
+            if column == 0:
+                ax.set_ylabel(f"{who} Dice")
+    legend = {}
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="outside right upper", title="true radius")
+    return fig
+
+
+def _segmentation_html(comparison: dict, plots: dict[str, Path], model: str) -> str:
+    table = comparison["table"]
+    parts = [
+        "<h2 id='segmentation'>Segmentation: model against graph cut</h2>",
+        f"<p>The deep-learning model <code>{html.escape(model)}</code> and ImagInfo's graph-cut vessel "
+        "segmentation, each scored against the truth class by class on the same series (Dice: overlap, 1 is "
+        "perfect; HD95: 95th percentile of the surface distance, mm). Cells: mean over repetitions, model / "
+        "graph cut.</p>",
+    ]
+    if "segmentation_vs_dose_png" in plots:
+        parts.append(_embed(plots["segmentation_vs_dose_png"], "Dice of the model and of the graph cut against dose."))
+    for title in ("Dice", "HD95"):
+        rows = table[table["metric"] == title]
+        if rows.empty:
+            continue
+        decimals = metric("seg_dice" if title == "Dice" else "seg_hd95_mm").decimals
+        for recon in recon_order(rows["recon"]):
+            chosen = rows[rows["recon"] == recon]
+            cells = chosen.assign(
+                cell=[
+                    f"{'–' if pd.isna(m) else f'{m:.{decimals}f}'} / {'–' if pd.isna(g) else f'{g:.{decimals}f}'}"
+                    for m, g in zip(chosen["model_mean"], chosen["graphcut_mean"], strict=True)
+                ]
+            )
+            wide = cells.pivot_table(index="radius_mm", columns="dose_mgy", values="cell", aggfunc="first")
+            wide.columns = [f"{d:g} mGy" for d in wide.columns]
+            wide.insert(0, "radius", [f"{r:g} mm" for r in wide.index])
+            parts.append(f"<h3>{html.escape(title)}, {html.escape(str(recon))} (model / graph cut)</h3>")
+            parts.append(_table_html(wide))
+    parts.append("<p><a href='segmentation_comparison.csv'>segmentation_comparison.csv</a></p>")
+    return "".join(parts)
+
+
+#: Metrics a robustness plot shows (with the graph cut's beside the model's when measured).
+ROBUSTNESS_METRICS = ("seg_dice", "seg_hd95_mm", "seg_assd_mm", "seg_nsd", "seg_volume_ml", "seg_foreground_dice")
+_PERTURBATION_LABELS = {
+    "noise_sd_hu": "inserted noise SD (HU)",
+    "blur_fwhm_mm": "blur FWHM (mm)",
+    "dose_mgy": "simulated CTDIvol (mGy)",
+}
+
+
+def _neutral_rows(summary: pd.DataFrame, factor: str, varied: Sequence[str]) -> pd.DataFrame:
+    """The summary's rows where every perturbation but ``factor`` leaves the image as it is."""
+    rows = summary
+    for other in varied:
+        if other == factor or other not in rows.columns:
+            continue
+        neutral = rows[other].max() if other == "dose_mgy" else 0.0
+        rows = rows[np.isclose(rows[other].astype(float), neutral)]
+    return rows
+
+
+def robustness_figure(summary: pd.DataFrame, varied: Sequence[str], factors: Sequence[str]):
+    """Each metric against each perturbation's severity: a row per metric, a column per perturbation.
+
+    A line per radius class (mean ± SD over noise realisations), the model's solid and
+    the graph cut's, when measured, dashed; the other perturbations at their neutral level.
+    Volumes show the truth's as dotted lines.
+    """
+    from ImagInfoExtension.report import radius_class_colours
+
+    plt = _pyplot()
+    varied = [f for f in varied if f in summary.columns]
+    metrics = [key for key in ROBUSTNESS_METRICS if (summary["metric"] == key).any()]
+    if not varied or not metrics:
+        return None
+    radii = sorted(summary["radius_mm"].dropna().unique())
+    colours = dict(zip(radii, radius_class_colours(len(radii)), strict=True))
+    fig, axes = plt.subplots(
+        len(metrics),
+        len(varied),
+        figsize=(4.2 * len(varied) + 1.6, 2.9 * len(metrics) + 0.4),
+        squeeze=False,
+        sharex="col",
+        layout="constrained",
+    )
+    for column, factor in enumerate(varied):
+        rows = _neutral_rows(summary, factor, varied)
+        for row, key in enumerate(metrics):
+            ax = axes[row][column]
+            for prefix, style in (("seg_", "-"), ("graphcut_", "--")):
+                data = rows[rows["metric"] == prefix + key.removeprefix("seg_")]
+                classes = [None] if data["radius_mm"].isna().all() else radii
+                for radius in classes:
+                    group = (
+                        data[data["radius_mm"].isna()]
+                        if radius is None
+                        else data[np.isclose(data["radius_mm"].astype(float), radius)]
+                    )
+                    group = group.sort_values(factor)
+                    if group.empty:
+                        continue
+                    label = "image" if radius is None else f"{radius:g} mm"
+                    ax.errorbar(
+                        group[factor],
+                        group["mean"],
+                        yerr=group["sd"].fillna(0),
+                        marker=".",
+                        capsize=2,
+                        linestyle=style,
+                        color="k" if radius is None else colours[radius],
+                        label=label if prefix == "seg_" else None,
+                    )
+            if key == "seg_volume_ml":
+                truth = rows[rows["metric"] == "seg_true_volume_ml"]
+                for radius in radii:
+                    volume = truth[np.isclose(truth["radius_mm"].astype(float), radius)]["mean"]
+                    if len(volume):
+                        ax.axhline(float(volume.iloc[0]), color=colours[radius], linestyle=":", linewidth=1)
+            ax.grid(alpha=0.3)
+            if factor == "dose_mgy":
+                ax.invert_xaxis()
+            if row == len(metrics) - 1:
+                ax.set_xlabel(_PERTURBATION_LABELS.get(factor, factor))
+            if column == 0:
+                ax.set_ylabel(metric(key).label.replace("model ", ""), fontsize=9)
+    legend = {}
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    if legend:
+        title = "true radius" + (" (dashed: graph cut)" if summary["metric"].str.startswith("graphcut_").any() else "")
+        fig.legend(list(legend.values()), list(legend), loc="outside right upper", title=title)
+    return fig
+
+
+def robustness_section_html(
+    summary: pd.DataFrame, varied: Sequence[str], plots: dict[str, Path], model: dict, description: str = ""
+) -> str:
+    """The report section of a robustness study: the plot and, per perturbation, Dice and HD95 by class and level."""
+    name = " ".join(str(model.get(k, "")) for k in ("model", "version") if model.get(k)) or "the model"
+    parts = [
+        "<h2 id='robustness'>Segmentation robustness</h2>",
+        f"<p>How <code>{html.escape(name)}</code> holds up as image quality falls: the image degraded step by step "
+        f"({html.escape(', '.join(_PERTURBATION_LABELS.get(f, f) for f in varied))}), each level segmented and scored "
+        f"against the truth class by class. {html.escape(description)} Each perturbation is shown with the others at "
+        "their neutral level (no noise, no blur, the image's own dose).</p>",
+    ]
+    if summary.empty:
+        return "".join(parts) + "<p>No level could be segmented: see failures.csv.</p>"
+    if "robustness_png" in plots:
+        parts.append(_embed(plots["robustness_png"], "Each metric against the severity of each perturbation."))
+    for key in ("seg_dice", "seg_hd95_mm"):
+        entry = metric(key)
+        for factor in varied:
+            rows = _neutral_rows(summary, factor, varied)
+            rows = rows[(rows["metric"] == key) & rows["radius_mm"].notna()]
+            if rows.empty:
+                continue
+            cells = rows.assign(
+                cell=[
+                    entry.format(m) if n < 2 else entry.format_mean_sd(m, s)
+                    for m, s, n in zip(rows["mean"], rows["sd"], rows["n"], strict=True)
+                ]
+            )
+            wide = cells.pivot_table(index="radius_mm", columns=factor, values="cell", aggfunc="first")
+            wide.columns = [f"{v:g}" for v in wide.columns]
+            wide.insert(0, "radius", [f"{r:g} mm" for r in wide.index])
+            parts.append(
+                f"<h3>{html.escape(entry.label)} against {html.escape(_PERTURBATION_LABELS.get(factor, factor))}</h3>"
+                + _table_html(wide)
+            )
+    parts.append(
+        "<p><a href='results_long.csv'>results_long.csv</a>, <a href='robustness_summary.csv'>"
+        "robustness_summary.csv</a></p>"
+    )
+    return "".join(parts)
+
+
+def robustness_page(section: str, failures: pd.DataFrame, warnings: pd.DataFrame, factors: list[str]) -> str:
+    """A self-contained HTML page around a robustness section (images embedded)."""
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ImagInfo segmentation robustness</title>",
+        _STYLE + "</head><body>",
+        f"<p>Generated {dt.datetime.now():%Y-%m-%d %H:%M} by ImagInfo.</p>",
+        section,
+    ]
+    if not failures.empty:
+        parts.append(
+            "<h2 id='failed'>Failed levels</h2><p>Also in <a href='failures.csv'>failures.csv</a>.</p>"
+            + _table_html(failures)
+        )
+    parts.append(_warnings_html(warnings, factors))
+    parts.append(_SCRIPT + "</body></html>")
+    return "\n".join(p for p in parts if p)
+
+
 PLOT_CAPTIONS = {
     "metrics_vs_dose": "Tabulated metrics against CTDIvol (mean ± SD over repetitions).",
     "nps_curves": "Noise power spectra, mean over repetitions.",
@@ -463,8 +747,12 @@ def write_report(
     source: dict,
     virtual: bool,
     robustness: dict | None = None,
+    segmentation: dict | None = None,
 ) -> Path:
-    """``report.html``: findings, tables, plots, radiomics robustness, statistics, provenance; images embedded."""
+    """``report.html``: findings, tables, plots, segmentation, radiomics robustness, statistics, provenance.
+
+    Images are embedded.
+    """
     parameters = result.parameters
     factors = result.factors
     parts = [
@@ -512,6 +800,10 @@ def write_report(
     for name, caption in PLOT_CAPTIONS.items():
         if f"{name}_png" in plots:
             parts.append(_embed(plots[f"{name}_png"], caption))
+    if segmentation is not None:
+        settings = getattr(parameters, "segmentation", None) or {}
+        model = settings.get("model") or (settings.get("entry") or {}).get("id", "")
+        parts.append(_segmentation_html(segmentation, plots, str(model)))
     if robustness is not None:
         parts.append(_robustness_html(robustness, plots))
     stats = result.statistics
@@ -585,6 +877,15 @@ def write_comparison_outputs(
         if figure is not None:
             plots.update(_save(figure, out_dir, "feature_robustness"))
             _pyplot().close(figure)
+    segmentation = segmentation_comparison(result.long if long is None else long)
+    if segmentation is not None:
+        path = out_dir / "segmentation_comparison.csv"
+        write_atomically(path, lambda p: segmentation["table"].to_csv(p, index=False))
+        files["segmentation_comparison"] = path
+        figure = figure_segmentation_against_dose(segmentation)
+        if figure is not None:
+            plots.update(_save(figure, out_dir, "segmentation_vs_dose"))
+            _pyplot().close(figure)
     files.update(plots)
     batch = result.batch
     source = provenance_document(
@@ -612,5 +913,5 @@ def write_comparison_outputs(
     path = out_dir / "provenance.json"
     write_atomically(path, lambda p: p.write_text(json.dumps(source, indent=1, default=json_default)))
     files["provenance"] = path
-    files["report"] = write_report(result, study, plots, out_dir, source, virtual, robustness)
+    files["report"] = write_report(result, study, plots, out_dir, source, virtual, robustness, segmentation)
     return files

@@ -40,6 +40,10 @@ class ComparisonParameters:
         Add the radiomics plugin with these settings (preset, segments, families,
         features; :class:`~ImagInfoExtension.radiomics.plugin.RadiomicsPlugin`), and the
         report's feature-robustness section.
+    segmentation : dict, optional
+        Add the segmentation plugin with these settings (``model``: a catalogue id, device,
+        nsd_tolerance_mm, graph_cut; :class:`~ImagInfoExtension.segmentation.plugin.SegmentationPlugin`),
+        and the report's section comparing the model with the graph cut.
     alpha : float
     """
 
@@ -54,6 +58,7 @@ class ComparisonParameters:
     test: str = "welch"
     alpha: float = 0.05
     radiomics: dict | None = None
+    segmentation: dict | None = None
 
     def __post_init__(self) -> None:
         if self.radius_mm <= 0:
@@ -66,11 +71,18 @@ class ComparisonParameters:
     @property
     def plugins(self) -> tuple[str, ...]:
         """The measurement plugins a dose comparison runs, in order."""
-        return ("vessels", "image_quality") + (("radiomics",) if self.radiomics is not None else ())
+        # Segmentation after the vessels: it reuses their graph cut instead of running it again.
+        return (
+            ("vessels", "image_quality")
+            + (("radiomics",) if self.radiomics is not None else ())
+            + (("segmentation",) if self.segmentation is not None else ())
+        )
 
     def plugin_settings(self) -> dict[str, dict]:
         """The settings of the measurement plugins a dose comparison runs (the statistics' are not among them)."""
         extra = {"radiomics": dict(self.radiomics)} if self.radiomics is not None else {}
+        if self.segmentation is not None:
+            extra["segmentation"] = dict(self.segmentation)
         return extra | {
             "vessels": dict(self.vessels),
             "image_quality": {

@@ -34,6 +34,7 @@ BUILTIN_PLUGINS = {
     "vessels": "ImagInfoExtension.study.measurements:VesselPlugin",
     "image_quality": "ImagInfoExtension.study.measurements:ImageQualityPlugin",
     "radiomics": "ImagInfoExtension.radiomics.plugin:RadiomicsPlugin",
+    "segmentation": "ImagInfoExtension.segmentation.plugin:SegmentationPlugin",
 }
 
 
