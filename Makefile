@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP_CORE := $(VENV)/.core-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean train
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: $(STAMP_CORE)
 	$(PY) benchmarks/bench_batch.py
 	$(PY) benchmarks/bench_runner.py
 	$(PY) benchmarks/bench_radiomics.py
+	$(PY) benchmarks/bench_segmentation_metrics.py
+	$(PY) benchmarks/bench_segmentation_inference.py
+	$(PY) benchmarks/bench_segmentation_dice.py
+
+# The shipped phantom model (Resources/Models/imaginfo-phantom-vessels), trained from scratch on the CPU
+# with its seeded script (minutes; not part of make test). The script prints its total time.
+train: $(STAMP_CORE)
+	$(PY) -m ImagInfoExtension.segmentation.training --out Resources/Models/imaginfo-phantom-vessels --seed 0
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .
