@@ -127,8 +127,62 @@ def _fill_inputs(name: str, slicer, parameters) -> None:
         parameters.inputVolume = _volume(slicer, vtk)
 
 
+def _catalogue_with_one_model() -> None:
+    """A user catalogue with one model whose weights are in the cache, as after `imaginfo models fetch`.
+
+    The segmentation module lists the catalogue's models; a fresh clone ships none yet,
+    and Apply needs one. The weights are placeholder bytes with their own sha256: the
+    panel only verifies them, and the child that would load them is never started here.
+    """
+    import atexit
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    cache = Path(tempfile.mkdtemp(prefix="imaginfo-fresh-models-"))
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    os.environ["IMAGINFO_MODEL_CACHE"] = str(cache)
+    weights = b"stand-in weights of the fresh-Slicer check"
+    (cache / "fresh-check" / "1.0.0").mkdir(parents=True)
+    (cache / "fresh-check" / "1.0.0" / "model.pt").write_bytes(weights)
+    code = {"scheme": "SCT", "code": "91723000", "meaning": "Anatomical Structure"}
+    entry = {
+        "id": "fresh-check",
+        "version": "1.0.0",
+        "title": "Fresh-Slicer check model",
+        "task": "segmentation",
+        "modality": "CT",
+        "input_channels": 1,
+        "preprocessing": {"orientation": "RAS", "intensity": {"normalisation": "none"}},
+        "network": {"format": "monai", "class": "UNet", "args": {}},
+        "inference": {"roi_size": [32, 32, 32]},
+        "postprocessing": {"activation": "softmax", "decision": "argmax"},
+        "labels": [
+            {
+                "value": 1,
+                "name": "structure",
+                "color": "#ff0000",
+                "terminology": {
+                    "category": code,
+                    "type": {"scheme": "SCT", "code": "59820001", "meaning": "Blood vessel"},
+                },
+            }
+        ],
+        "weights": {
+            "file": "model.pt",
+            "format": "state_dict",
+            "sha256": hashlib.sha256(weights).hexdigest(),
+            "size_bytes": len(weights),
+        },
+        "license": "Apache-2.0",
+    }
+    (cache / "catalogue.json").write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+
+
 def main() -> dict:
     report: dict = {"release": list(RELEASE), "modules": {}}
+    _catalogue_with_one_model()
     with slicer_harness.application(RELEASE) as app:
         import slicer
 
